@@ -1,0 +1,1 @@
+//! Criterion benches for Sluice's fast path live in `benches/`; shared set-up is here.

@@ -1,0 +1,3 @@
+//! Sluice's node agent: configuration, IPAM and state, the API, the daemon.
+
+pub mod api;

@@ -1,0 +1,406 @@
+//! Packet buffers: a preallocated pool of fixed-size buffers, each with headroom
+//! for the outer headers that encapsulation prepends, and batches of packets.
+//!
+//! A [`Packet`] owns its buffer. Packets move by value between the pool, rx batches,
+//! the pipeline and tx batches; in steady state nothing is allocated or freed: a
+//! packet that is dropped or transmitted goes back to the [`Pool`] it came from.
+
+use crate::drop::DropReason;
+
+/// Bytes kept free in front of a received frame, for outer headers (VXLAN needs 50,
+/// IPIP 20 net, and an ICMP error 28 more than the frame it quotes).
+pub const HEADROOM: usize = 128;
+
+/// Default buffer size: headroom plus a full 1500-byte-MTU Ethernet frame, rounded up.
+pub const DEFAULT_BUF_SIZE: usize = 2048;
+
+/// The most packets one batch carries (VPP's frame size).
+pub const MAX_BATCH: usize = 256;
+
+/// Index of a port on one node. Fixed ids for the uplink and the host port; pod ports
+/// are numbered from [`PortId::FIRST_POD`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct PortId(pub u16);
+
+impl PortId {
+    pub const UPLINK: PortId = PortId(0);
+    pub const HOST: PortId = PortId(1);
+    pub const FIRST_POD: PortId = PortId(2);
+
+    #[inline]
+    pub fn index(self) -> usize {
+        usize::from(self.0)
+    }
+
+    #[inline]
+    pub fn is_pod(self) -> bool {
+        self.0 >= Self::FIRST_POD.0
+    }
+}
+
+impl std::fmt::Display for PortId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            PortId::UPLINK => f.write_str("uplink"),
+            PortId::HOST => f.write_str("host"),
+            PortId(n) => write!(f, "pod{n}"),
+        }
+    }
+}
+
+/// Per-packet metadata, written by the stages as the packet moves through them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Meta {
+    /// Port the packet arrived on.
+    pub in_port: PortId,
+    /// Port the packet leaves by, once a stage has decided.
+    pub out_port: PortId,
+    /// Next stage (see [`crate::stage::Next`]), as its raw number.
+    pub next: u8,
+    /// Why the packet was dropped, when `next` is the drop stage.
+    pub drop: DropReason,
+    /// Flags: see the `FLAG_*` constants.
+    pub flags: u8,
+    /// Offset of the IPv4 header from the start of the data, once parsed.
+    pub l3: u16,
+    /// Scratch for the stage that consumes it: next-hop index, endpoint index, MTU.
+    pub aux: u32,
+    /// Hash of the inner 5-tuple, for the outer UDP source port (entropy).
+    pub flow_hash: u32,
+    /// Endpoint index of the local pod that sent it (`u32::MAX`: not a local pod).
+    pub src_ep: u32,
+    /// Endpoint index of the local pod it is for (`u32::MAX`: not a local pod).
+    pub dst_ep: u32,
+}
+
+impl Meta {
+    pub const NO_EP: u32 = u32::MAX;
+    /// The packet is being traced: stages record their decisions for it.
+    pub const FLAG_TRACE: u8 = 1 << 0;
+    /// The packet arrived encapsulated from a remote node.
+    pub const FLAG_FROM_TUNNEL: u8 = 1 << 1;
+}
+
+/// One packet: a buffer, the window of it that holds the frame, and metadata.
+pub struct Packet {
+    buf: Box<[u8]>,
+    head: u32,
+    len: u32,
+    pub meta: Meta,
+}
+
+impl std::fmt::Debug for Packet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Packet")
+            .field("head", &self.head)
+            .field("len", &self.len)
+            .field("meta", &self.meta)
+            .finish()
+    }
+}
+
+impl Packet {
+    /// A packet with its own buffer of `size` bytes. Only the pool calls this
+    /// outside tests: the fast path never allocates.
+    pub fn with_capacity(size: usize) -> Packet {
+        assert!(size > HEADROOM && u32::try_from(size).is_ok(), "buffer size {size}");
+        Packet {
+            buf: vec![0u8; size].into_boxed_slice(),
+            head: HEADROOM as u32,
+            len: 0,
+            meta: Meta::default(),
+        }
+    }
+
+    /// The frame.
+    #[inline]
+    pub fn data(&self) -> &[u8] {
+        &self.buf[self.head as usize..(self.head + self.len) as usize]
+    }
+
+    /// The frame, writable.
+    #[inline]
+    pub fn data_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[self.head as usize..(self.head + self.len) as usize]
+    }
+
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Bytes free in front of the frame.
+    #[inline]
+    pub fn headroom(&self) -> usize {
+        self.head as usize
+    }
+
+    /// The largest frame this buffer holds with the standard headroom.
+    #[inline]
+    pub fn capacity(&self) -> usize {
+        self.buf.len() - HEADROOM
+    }
+
+    /// Empties the packet and restores the standard headroom and clean metadata.
+    #[inline]
+    pub fn reset(&mut self) {
+        self.head = HEADROOM as u32;
+        self.len = 0;
+        self.meta = Meta::default();
+    }
+
+    /// Copies `frame` in at the standard headroom. False (and the packet unchanged
+    /// but empty) if it does not fit.
+    #[inline]
+    pub fn load(&mut self, frame: &[u8]) -> bool {
+        self.reset();
+        if frame.len() > self.capacity() {
+            return false;
+        }
+        self.buf[HEADROOM..HEADROOM + frame.len()].copy_from_slice(frame);
+        self.len = frame.len() as u32;
+        true
+    }
+
+    /// The whole area after the headroom, for a port to receive into; follow with
+    /// [`Packet::set_received`].
+    #[inline]
+    pub fn rx_area(&mut self) -> &mut [u8] {
+        self.reset();
+        &mut self.buf[HEADROOM..]
+    }
+
+    /// Marks `len` bytes written into [`Packet::rx_area`] as the frame.
+    #[inline]
+    pub fn set_received(&mut self, len: usize) {
+        debug_assert!(len <= self.capacity());
+        self.head = HEADROOM as u32;
+        self.len = len.min(self.capacity()) as u32;
+    }
+
+    /// Grows the frame by `n` bytes at the front and returns them. `None` if the
+    /// headroom is too small (the packet is unchanged).
+    #[inline]
+    pub fn prepend(&mut self, n: usize) -> Option<&mut [u8]> {
+        if n > self.head as usize {
+            return None;
+        }
+        self.head -= n as u32;
+        self.len += n as u32;
+        Some(&mut self.buf[self.head as usize..self.head as usize + n])
+    }
+
+    /// Removes `n` bytes from the front. False (unchanged) if the frame is shorter.
+    #[inline]
+    pub fn strip(&mut self, n: usize) -> bool {
+        if n > self.len as usize {
+            return false;
+        }
+        self.head += n as u32;
+        self.len -= n as u32;
+        true
+    }
+
+    /// Shortens the frame to `len` bytes (no-op if already shorter).
+    #[inline]
+    pub fn truncate(&mut self, len: usize) {
+        if len < self.len as usize {
+            self.len = len as u32;
+        }
+    }
+
+    /// Grows the frame at the end by `n` bytes (contents unspecified). False if the
+    /// buffer has no room.
+    #[inline]
+    pub fn extend(&mut self, n: usize) -> bool {
+        if (self.head + self.len) as usize + n > self.buf.len() {
+            return false;
+        }
+        self.len += n as u32;
+        true
+    }
+}
+
+/// A preallocated set of packet buffers of one size.
+#[derive(Debug)]
+pub struct Pool {
+    free: Vec<Packet>,
+    buf_size: usize,
+    total: usize,
+}
+
+impl Pool {
+    /// `count` buffers of `buf_size` bytes each, all allocated now.
+    pub fn new(count: usize, buf_size: usize) -> Pool {
+        let free = (0..count).map(|_| Packet::with_capacity(buf_size)).collect();
+        Pool { free, buf_size, total: count }
+    }
+
+    /// A clean packet, or `None` when every buffer is in use.
+    #[inline]
+    pub fn alloc(&mut self) -> Option<Packet> {
+        let mut p = self.free.pop()?;
+        p.reset();
+        Some(p)
+    }
+
+    /// Gives a packet back. A buffer of another size (from another pool) is kept
+    /// only if this pool has room for it, so a pool never grows past its size.
+    #[inline]
+    pub fn free(&mut self, p: Packet) {
+        if self.free.len() < self.total && p.buf.len() == self.buf_size {
+            self.free.push(p);
+        }
+    }
+
+    /// Moves up to `n` clean packets into `batch` (bounded by [`MAX_BATCH`]).
+    pub fn alloc_into(&mut self, batch: &mut Batch, n: usize) -> usize {
+        let mut got = 0;
+        while got < n && batch.len() < MAX_BATCH {
+            match self.alloc() {
+                Some(p) => batch.push(p),
+                None => break,
+            }
+            got += 1;
+        }
+        got
+    }
+
+    /// Gives back every packet of `batch`, leaving it empty.
+    pub fn free_batch(&mut self, batch: &mut Batch) {
+        for p in batch.pkts.drain(..) {
+            if self.free.len() < self.total && p.buf.len() == self.buf_size {
+                self.free.push(p);
+            }
+        }
+    }
+
+    pub fn available(&self) -> usize {
+        self.free.len()
+    }
+
+    pub fn total(&self) -> usize {
+        self.total
+    }
+
+    pub fn buf_size(&self) -> usize {
+        self.buf_size
+    }
+}
+
+/// Up to [`MAX_BATCH`] packets. Its storage is reserved once; pushing past
+/// `MAX_BATCH` is a bug in the caller (checked in debug builds).
+#[derive(Debug)]
+pub struct Batch {
+    pkts: Vec<Packet>,
+}
+
+impl Default for Batch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Batch {
+    pub fn new() -> Batch {
+        Batch { pkts: Vec::with_capacity(MAX_BATCH) }
+    }
+
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.pkts.len()
+    }
+
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.pkts.is_empty()
+    }
+
+    #[inline]
+    pub fn is_full(&self) -> bool {
+        self.pkts.len() >= MAX_BATCH
+    }
+
+    #[inline]
+    pub fn push(&mut self, p: Packet) {
+        debug_assert!(self.pkts.len() < MAX_BATCH);
+        self.pkts.push(p);
+    }
+
+    #[inline]
+    pub fn pop(&mut self) -> Option<Packet> {
+        self.pkts.pop()
+    }
+
+    #[inline]
+    pub fn as_slice(&self) -> &[Packet] {
+        &self.pkts
+    }
+
+    #[inline]
+    pub fn as_mut_slice(&mut self) -> &mut [Packet] {
+        &mut self.pkts
+    }
+
+    #[inline]
+    pub fn drain(&mut self) -> std::vec::Drain<'_, Packet> {
+        self.pkts.drain(..)
+    }
+
+    #[inline]
+    pub fn clear_into(&mut self, pool: &mut Pool) {
+        pool.free_batch(self);
+    }
+
+    pub fn iter(&self) -> std::slice::Iter<'_, Packet> {
+        self.pkts.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prepend_strip_round_trip() {
+        let mut p = Packet::with_capacity(DEFAULT_BUF_SIZE);
+        assert!(p.load(&[1, 2, 3, 4]));
+        p.prepend(2).unwrap().copy_from_slice(&[9, 9]);
+        assert_eq!(p.data(), &[9, 9, 1, 2, 3, 4]);
+        assert!(p.strip(3));
+        assert_eq!(p.data(), &[2, 3, 4]);
+        assert!(!p.strip(4));
+        assert!(p.prepend(HEADROOM + 10).is_none());
+        assert_eq!(p.data(), &[2, 3, 4]);
+    }
+
+    #[test]
+    fn pool_never_grows() {
+        let mut pool = Pool::new(2, 512);
+        let a = pool.alloc().unwrap();
+        let b = pool.alloc().unwrap();
+        assert!(pool.alloc().is_none());
+        pool.free(a);
+        pool.free(b);
+        pool.free(Packet::with_capacity(512));
+        assert_eq!(pool.available(), 2);
+        // A foreign-size buffer is not adopted.
+        let mut small = Pool::new(1, 512);
+        let x = small.alloc().unwrap();
+        let mut other = Pool::new(0, 1024);
+        other.free(x);
+        assert_eq!(other.available(), 0);
+    }
+
+    #[test]
+    fn oversize_load_is_refused() {
+        let mut p = Packet::with_capacity(256);
+        assert!(!p.load(&[0u8; 200]));
+        assert!(p.is_empty());
+    }
+}

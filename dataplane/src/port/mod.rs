@@ -1,0 +1,80 @@
+//! Ports: where packets enter and leave a worker. One trait for every kind; the
+//! pipeline never sees which one it is.
+//!
+//! [`MemPort`] keeps frames in memory for tests and benches; the TAP, AF_XDP and
+//! kernel-socket ports live in their own modules.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::RawFd;
+
+use crate::buf::{Batch, Pool};
+
+/// A source and sink of Ethernet frames, driven in batches.
+pub trait Port {
+    /// A short name for logs and counters (`eth0`, `tap3f2a`).
+    fn name(&self) -> &str;
+
+    /// Receives up to `max` frames into packets taken from `pool`, appended to
+    /// `batch`. Returns how many arrived; 0 when none are waiting (never blocks).
+    fn rx_burst(&mut self, pool: &mut Pool, batch: &mut Batch, max: usize) -> io::Result<usize>;
+
+    /// Sends every packet of `batch`, which is left empty: packets go back to `pool`
+    /// whether sent or not. Returns how many were sent; the rest were refused by the
+    /// device (queue full, interface down) and are the caller's to count.
+    fn tx_burst(&mut self, pool: &mut Pool, batch: &mut Batch) -> io::Result<usize>;
+
+    /// A file descriptor that becomes readable when frames wait, for sleeping in
+    /// epoll when idle; `None` for ports that cannot wake a sleeper.
+    fn rx_fd(&self) -> Option<RawFd> {
+        None
+    }
+}
+
+/// A port whose wire is two queues in memory: tests push frames into `rx` and read
+/// what the pipeline sent from `tx`.
+#[derive(Debug, Default)]
+pub struct MemPort {
+    name: String,
+    pub rx: VecDeque<Vec<u8>>,
+    pub tx: VecDeque<Vec<u8>>,
+}
+
+impl MemPort {
+    pub fn new(name: &str) -> MemPort {
+        MemPort { name: name.to_owned(), ..Default::default() }
+    }
+}
+
+impl Port for MemPort {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn rx_burst(&mut self, pool: &mut Pool, batch: &mut Batch, max: usize) -> io::Result<usize> {
+        let mut n = 0;
+        while n < max && !batch.is_full() {
+            let Some(frame) = self.rx.front() else { break };
+            let Some(mut p) = pool.alloc() else { break };
+            if !p.load(frame) {
+                // Longer than a buffer: a real NIC would not deliver it either.
+                pool.free(p);
+                self.rx.pop_front();
+                continue;
+            }
+            self.rx.pop_front();
+            batch.push(p);
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    fn tx_burst(&mut self, pool: &mut Pool, batch: &mut Batch) -> io::Result<usize> {
+        let n = batch.len();
+        for p in batch.drain() {
+            self.tx.push_back(p.data().to_vec());
+            pool.free(p);
+        }
+        Ok(n)
+    }
+}

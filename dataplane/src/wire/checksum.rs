@@ -1,0 +1,105 @@
+//! The Internet checksum (RFC 1071) and its incremental update (RFC 1624).
+
+use std::net::Ipv4Addr;
+
+/// One's-complement sum of `data` as big-endian 16-bit words, folded to 16 bits
+/// (not complemented). An odd trailing byte is padded with zero.
+#[inline]
+pub fn sum(data: &[u8]) -> u16 {
+    let mut acc: u64 = 0;
+    let mut chunks = data.chunks_exact(8);
+    for c in &mut chunks {
+        // Adding 32-bit halves into a 64-bit accumulator defers the carries.
+        acc += u64::from(u32::from_be_bytes([c[0], c[1], c[2], c[3]]));
+        acc += u64::from(u32::from_be_bytes([c[4], c[5], c[6], c[7]]));
+    }
+    let mut rest = chunks.remainder();
+    while rest.len() >= 2 {
+        acc += u64::from(u16::from_be_bytes([rest[0], rest[1]]));
+        rest = &rest[2..];
+    }
+    if let [b] = rest {
+        acc += u64::from(*b) << 8;
+    }
+    fold(acc)
+}
+
+/// Folds a wide one's-complement accumulator to 16 bits.
+#[inline]
+pub fn fold(mut acc: u64) -> u16 {
+    while acc >> 16 != 0 {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    acc as u16
+}
+
+/// One's-complement addition of partial sums.
+#[inline]
+pub fn combine(parts: &[u16]) -> u16 {
+    fold(parts.iter().map(|&p| u64::from(p)).sum())
+}
+
+/// The checksum field value for `data` (complement of the sum).
+#[inline]
+pub fn checksum(data: &[u8]) -> u16 {
+    !sum(data)
+}
+
+/// Partial sum of the IPv4 pseudo-header for TCP/UDP.
+#[inline]
+pub fn pseudo_header(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, len: u16) -> u16 {
+    let s = src.octets();
+    let d = dst.octets();
+    let acc = u64::from(u16::from_be_bytes([s[0], s[1]]))
+        + u64::from(u16::from_be_bytes([s[2], s[3]]))
+        + u64::from(u16::from_be_bytes([d[0], d[1]]))
+        + u64::from(u16::from_be_bytes([d[2], d[3]]))
+        + u64::from(protocol)
+        + u64::from(len);
+    fold(acc)
+}
+
+/// RFC 1624 eqn. 3: the new checksum field when one 16-bit word changes from
+/// `old` to `new`: HC' = ~(~HC + ~m + m').
+#[inline]
+pub fn update16(csum: u16, old: u16, new: u16) -> u16 {
+    !fold(u64::from(!csum) + u64::from(!old) + u64::from(new))
+}
+
+/// RFC 1624 for a 32-bit field (an address).
+#[inline]
+pub fn update32(csum: u16, old: u32, new: u32) -> u16 {
+    let c = update16(csum, (old >> 16) as u16, (new >> 16) as u16);
+    update16(c, old as u16, new as u16)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc1071_example() {
+        // RFC 1071 section 3: the sum of these bytes is ddf2.
+        let data = [0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7];
+        assert_eq!(sum(&data), 0xddf2);
+        assert_eq!(sum(&data[..7]), fold(0x0001 + 0xf203 + 0xf4f5 + 0xf600));
+    }
+
+    #[test]
+    fn incremental_matches_full() {
+        let mut hdr = [
+            0x45u8, 0, 0, 0x54, 0x12, 0x34, 0x40, 0, 0x40, 1, 0, 0, 198, 19, 1, 10, 198, 19, 2,
+            10,
+        ];
+        let c = checksum(&hdr);
+        hdr[10..12].copy_from_slice(&c.to_be_bytes());
+        assert_eq!(sum(&hdr), 0xffff);
+        // TTL 64 -> 63 changes the word (ttl, proto).
+        let old = u16::from_be_bytes([hdr[8], hdr[9]]);
+        hdr[8] -= 1;
+        let new = u16::from_be_bytes([hdr[8], hdr[9]]);
+        let c2 = update16(c, old, new);
+        hdr[10..12].copy_from_slice(&[0, 0]);
+        assert_eq!(c2, checksum(&hdr));
+    }
+}
