@@ -6,6 +6,7 @@
 //! packet that is dropped or transmitted goes back to the [`Pool`] it came from.
 
 use crate::drop::DropReason;
+use crate::flow::FlowKey;
 
 /// Bytes kept free in front of a received frame, for outer headers (VXLAN needs 50,
 /// IPIP 20 net, and an ICMP error 28 more than the frame it quotes).
@@ -65,8 +66,8 @@ pub struct Meta {
     pub l3: u16,
     /// Scratch for the stage that consumes it: next-hop index, endpoint index, MTU.
     pub aux: u32,
-    /// Hash of the inner 5-tuple, for the outer UDP source port (entropy).
-    pub flow_hash: u32,
+    /// The packet's 5-tuple, once ipv4-input has parsed it.
+    pub flow: FlowKey,
     /// Endpoint index of the local pod that sent it (`u32::MAX`: not a local pod).
     pub src_ep: u32,
     /// Endpoint index of the local pod it is for (`u32::MAX`: not a local pod).

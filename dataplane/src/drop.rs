@@ -45,7 +45,7 @@ drop_reasons! {
     EthTruncated = 1, "eth_truncated", "frame shorter than an Ethernet header";
     UnsupportedEthertype = 2, "unsupported_ethertype", "ethertype other than IPv4 or ARP";
     ArpMalformed = 3, "arp_malformed", "ARP packet that is not Ethernet/IPv4 or is truncated";
-    ArpNotRequest = 4, "arp_not_request", "ARP other than a request (nothing to answer)";
+    ArpNotRequest = 4, "arp_not_request", "ARP that needs no answer (a reply, or a probe for the sender's own address)";
     ArpOnUplink = 5, "arp_on_uplink", "ARP received on the uplink (the node's kernel answers it)";
     Ipv4Truncated = 6, "ipv4_truncated", "IPv4 header or total length longer than the frame";
     Ipv4BadVersion = 7, "ipv4_bad_version", "IP version is not 4 or header length below 20";

@@ -6,7 +6,14 @@
 #![deny(unsafe_code)]
 
 pub mod buf;
-pub mod wire;
 pub mod drop;
+pub mod flow;
 pub mod pcap;
+pub mod pipeline;
+pub mod policy;
 pub mod port;
+pub mod stage;
+pub mod sys;
+pub mod table;
+pub mod testkit;
+pub mod wire;

@@ -1,0 +1,163 @@
+//! The pipeline: runs the stages over a batch in their fixed order, asks the
+//! policy hook, and dispatches once at the end into per-port transmit queues.
+//!
+//! Call order, per received batch: [`Pipeline::process`], then the runtime
+//! transmits and empties every queue in [`TxQueues`]. The pipeline reads the
+//! tables once per batch and never blocks, allocates or does I/O.
+
+use crate::buf::{Batch, Packet, Pool, PortId};
+use crate::drop::DropReason;
+use crate::policy::{AllowAll, Policy, Verdict};
+use crate::stage::{self, at, drop, goto, Counters, Next};
+use crate::table::{TableHandle, TableReader, Tables};
+
+/// Per-port transmit queues filled by dispatch.
+#[derive(Debug, Default)]
+pub struct TxQueues {
+    queues: Vec<Batch>,
+}
+
+impl TxQueues {
+    /// Queues for ports up to `ports - 1`, allocated now.
+    pub fn with_ports(ports: usize) -> TxQueues {
+        TxQueues { queues: (0..ports).map(|_| Batch::new()).collect() }
+    }
+
+    /// The queue of `port`. Grows (allocating) only the first time a port with
+    /// a higher number is seen.
+    #[inline]
+    pub fn queue(&mut self, port: PortId) -> &mut Batch {
+        let i = port.index();
+        if i >= self.queues.len() {
+            self.queues.resize_with(i + 1, Batch::new);
+        }
+        &mut self.queues[i]
+    }
+
+    /// Every queue with packets waiting.
+    pub fn pending(&mut self) -> impl Iterator<Item = (PortId, &mut Batch)> {
+        self.queues.iter_mut().enumerate().filter(|(_, b)| !b.is_empty()).map(|(i, b)| (PortId(i as u16), b))
+    }
+
+    /// Gives every queued packet back to the pool (tests, benches, shutdown).
+    pub fn clear(&mut self, pool: &mut Pool) {
+        for q in &mut self.queues {
+            pool.free_batch(q);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.queues.iter().map(Batch::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// One worker's pipeline.
+#[derive(Debug)]
+pub struct Pipeline<P: Policy = AllowAll> {
+    tables: TableReader,
+    pub policy: P,
+    counters: Counters,
+    ident: u16,
+}
+
+impl Pipeline<AllowAll> {
+    /// A pipeline with no NetworkPolicy.
+    pub fn allow_all(tables: &TableHandle) -> Self {
+        Pipeline::new(tables, AllowAll)
+    }
+}
+
+impl<P: Policy> Pipeline<P> {
+    pub fn new(tables: &TableHandle, policy: P) -> Self {
+        Pipeline { tables: tables.reader(), policy, counters: Counters::default(), ident: 0 }
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// The snapshot the next batch will use.
+    pub fn tables(&mut self) -> &Tables {
+        self.tables.current()
+    }
+
+    /// Forwards one batch received on `port`: every packet ends in a transmit
+    /// queue of `tx` or back in `pool` with its drop reason counted. `batch` is
+    /// left empty. `now` is monotonic nanoseconds.
+    pub fn process(&mut self, port: PortId, batch: &mut Batch, now: u64, pool: &mut Pool, tx: &mut TxQueues) {
+        let Pipeline { tables, policy, counters, ident } = self;
+        let t: &Tables = tables.current();
+        counters.batches += 1;
+        counters.rx_packets += batch.len() as u64;
+        let pkts = batch.as_mut_slice();
+        let mut pending = stage::input::start(pkts, port);
+
+        macro_rules! run {
+            ($n:expr, $e:expr) => {
+                if pending & $n.bit() != 0 {
+                    pending |= $e;
+                }
+            };
+        }
+        run!(Next::UplinkInput, stage::input::uplink_input(t, counters, pkts));
+        run!(Next::EthInput, stage::input::eth_input(t, counters, pkts));
+        run!(Next::Arp, stage::input::arp(t, counters, pkts));
+        run!(Next::Ipv4Input, stage::input::ipv4_input(t, counters, pkts));
+        run!(Next::PolicyEgress, policy_stage(t, policy, now, pkts, true));
+        run!(Next::Lookup, stage::lookup::lookup(t, counters, pkts));
+        run!(Next::PolicyIngress, policy_stage(t, policy, now, pkts, false));
+        run!(Next::LocalDelivery, stage::encap::local_delivery(t, counters, pkts));
+        run!(Next::HostOutput, stage::encap::host_output(t, counters, pkts));
+        run!(Next::NativeOutput, stage::encap::native_output(t, counters, pkts));
+        run!(Next::VxlanEncap, stage::encap::vxlan_encap(t, counters, ident, pkts));
+        run!(Next::IpipEncap, stage::encap::ipip_encap(t, counters, ident, pkts));
+        run!(Next::IcmpError, stage::icmp_error::icmp_error(t, counters, pkts));
+        let _ = pending;
+
+        for p in batch.drain() {
+            dispatch(p, counters, pool, tx);
+        }
+    }
+}
+
+#[inline(always)]
+fn dispatch(mut p: Packet, counters: &mut Counters, pool: &mut Pool, tx: &mut TxQueues) {
+    if at(&p, Next::Tx) {
+        let q = tx.queue(p.meta.out_port);
+        if q.is_full() {
+            counters.drops[DropReason::TxQueueFull as usize] += 1;
+            pool.free(p);
+        } else {
+            q.push(p);
+        }
+        return;
+    }
+    if !at(&p, Next::Drop) {
+        // A stage left a packet without a decision: a bug, but never a silent one.
+        debug_assert!(false, "packet left at stage {}", p.meta.next);
+        p.meta.drop = DropReason::NoRoute;
+    }
+    counters.drops[p.meta.drop as usize] += 1;
+    pool.free(p);
+}
+
+fn policy_stage<P: Policy>(t: &Tables, policy: &mut P, now: u64, pkts: &mut [Packet], egress: bool) -> u32 {
+    let (here, next) = if egress {
+        (Next::PolicyEgress, Next::Lookup)
+    } else {
+        (Next::PolicyIngress, Next::LocalDelivery)
+    };
+    let mut pending = 0;
+    for p in pkts.iter_mut().filter(|p| at(p, here)) {
+        let v = if egress { policy.egress(t, p, now) } else { policy.ingress(t, p, now) };
+        pending |= match v {
+            Verdict::Allow => goto(p, next),
+            Verdict::Deny(r) => drop(p, r),
+        };
+    }
+    pending
+}
