@@ -1,1 +1,232 @@
-fn main() {}
+//! Criterion benches for the fast path.
+//!
+//! Group `pipeline`: one iteration = one batch received on a port, loaded into
+//! pool buffers (the copy a port does), run through the whole pipeline, and the
+//! transmit queues given back to the pool. Tables hold 10k routes and 1k
+//! endpoints. Throughput is in packets, so criterion reports time per batch and
+//! packets per second; BENCHMARKS.md gives ns per packet = time / batch size.
+//!
+//! Group `stage`: the pieces on their own (LPM lookup, endpoint lookup, outer
+//! header write, checksum, flow hash).
+
+use std::hint::black_box;
+use std::net::Ipv4Addr;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use sluice_dataplane::buf::{Batch, Pool, PortId, DEFAULT_BUF_SIZE};
+use sluice_dataplane::flow::FlowKey;
+use sluice_dataplane::pipeline::{Pipeline, TxQueues};
+use sluice_dataplane::table::{default_vtep_mac, Mode, TunnelId};
+use sluice_dataplane::testkit::*;
+use sluice_dataplane::wire::{checksum, ipv4};
+
+const ROUTES: usize = 10_000;
+const ENDPOINTS: usize = 1_000;
+
+/// `n` frames of `len` bytes for a case, with varying source ports (distinct flows).
+fn frames(case: &str, len: usize, n: usize) -> (PortId, Vec<Vec<u8>>) {
+    let mut out = Vec::with_capacity(n);
+    let (port, mode_inner) = match case {
+        "vxlan_encap" | "ipip_encap" | "native_out" => (POD_A1_PORT, false),
+        _ => (PortId::UPLINK, true),
+    };
+    for i in 0..n {
+        let sport = 40000 + i as u16;
+        if !mode_inner {
+            // Spread over the remote routes, not just one destination.
+            let dst = if i % 2 == 0 {
+                POD_B1
+            } else {
+                Ipv4Addr::from(0xc614_0000 + ((i as u32 * 97) % (ROUTES as u32 * 64)))
+            };
+            out.push(udp_frame(
+                POD_A1_MAC,
+                sluice_dataplane::table::GATEWAY_MAC,
+                POD_A1,
+                dst,
+                sport,
+                5201,
+                len,
+            ));
+            continue;
+        }
+        let inner_len = match case {
+            "vxlan_decap" => len - 50,
+            "ipip_decap" => len - 20,
+            _ => len,
+        };
+        let mut inner = udp_frame(
+            NODE_B_VTEP,
+            default_vtep_mac(NODE_A),
+            POD_B1,
+            POD_A1,
+            sport,
+            5201,
+            inner_len,
+        );
+        out.push(match case {
+            "vxlan_decap" => vxlan_from_b(&inner, 4096, NODE_B),
+            "ipip_decap" => ipip_from_b(&inner[14..], NODE_B),
+            _ => {
+                inner[0..6].copy_from_slice(&NODE_A_MAC.0);
+                inner[6..12].copy_from_slice(&NODE_B_MAC.0);
+                inner
+            }
+        });
+    }
+    (port, out)
+}
+
+fn mode_of(case: &str) -> Mode {
+    match case {
+        "vxlan_encap" | "vxlan_decap" => Mode::Vxlan,
+        "ipip_encap" | "ipip_decap" => Mode::Ipip,
+        _ => Mode::Native,
+    }
+}
+
+const CASES: [&str; 6] = [
+    "vxlan_encap",
+    "vxlan_decap",
+    "ipip_encap",
+    "ipip_decap",
+    "native_out",
+    "native_in",
+];
+
+fn bench_case(
+    c: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    id: String,
+    case: &str,
+    len: usize,
+    batch: usize,
+) {
+    let tables = node_a(mode_of(case), ROUTES, ENDPOINTS);
+    let mut pl = Pipeline::allow_all(&tables);
+    let mut pool = Pool::new(1024, DEFAULT_BUF_SIZE);
+    let mut tx = TxQueues::with_ports(16);
+    let (port, frames) = frames(case, len, batch);
+    let mut b = Batch::new();
+    // Every frame must be forwarded, not dropped: a bench of drops would lie.
+    for f in &frames {
+        let mut p = pool.alloc().unwrap();
+        p.load(f);
+        b.push(p);
+    }
+    pl.process(port, &mut b, 0, &mut pool, &mut tx);
+    assert_eq!(tx.len(), batch, "{case}: {:?}", pl.counters());
+    tx.clear(&mut pool);
+
+    c.throughput(Throughput::Elements(batch as u64));
+    c.bench_function(id, |bench| {
+        bench.iter(|| {
+            for f in &frames {
+                let mut p = pool.alloc().unwrap();
+                p.load(f);
+                b.push(p);
+            }
+            pl.process(port, &mut b, 0, &mut pool, &mut tx);
+            black_box(tx.len());
+            tx.clear(&mut pool);
+        })
+    });
+}
+
+fn pipeline(c: &mut Criterion) {
+    let mut g = c.benchmark_group("pipeline");
+    for case in CASES {
+        bench_case(
+            &mut g,
+            case.to_string(),
+            case,
+            64.max(if case.contains("vxlan_decap") {
+                114
+            } else if case.contains("ipip_decap") {
+                84
+            } else {
+                64
+            }),
+            32,
+        );
+    }
+    for case in CASES {
+        bench_case(&mut g, format!("{case}_1400"), case, 1400, 32);
+    }
+    for case in CASES {
+        bench_case(
+            &mut g,
+            format!("{case}_b256"),
+            case,
+            64.max(if case.contains("vxlan_decap") {
+                114
+            } else if case.contains("ipip_decap") {
+                84
+            } else {
+                64
+            }),
+            256,
+        );
+    }
+    g.finish();
+}
+
+fn stage(c: &mut Criterion) {
+    let mut g = c.benchmark_group("stage");
+    let tables = node_a(Mode::Vxlan, ROUTES, ENDPOINTS);
+    let t = tables.load();
+    let addrs: Vec<u32> = (0..1024u32)
+        .map(|i| 0xc614_0000 + i.wrapping_mul(2_654_435_761) % (ROUTES as u32 * 64))
+        .collect();
+    g.throughput(Throughput::Elements(addrs.len() as u64));
+    g.bench_function(BenchmarkId::new("lpm_lookup", ROUTES), |b| {
+        b.iter(|| {
+            addrs
+                .iter()
+                .map(|&a| u32::from(t.routes.lookup(a).is_some()))
+                .sum::<u32>()
+        })
+    });
+    let eps: Vec<u32> = (0..1024u32)
+        .map(|i| u32::from(POD_A1) + (i % 200))
+        .collect();
+    g.bench_function(BenchmarkId::new("endpoint_lookup", ENDPOINTS), |b| {
+        b.iter(|| {
+            eps.iter()
+                .map(|&a| t.endpoints.by_ip(a).unwrap_or(0))
+                .sum::<u32>()
+        })
+    });
+    g.throughput(Throughput::Elements(1));
+    let tun = t.tunnels.get(TunnelId(0)).unwrap();
+    let mut out = [0u8; 64];
+    g.bench_function("vxlan_write_outer", |b| {
+        b.iter(|| {
+            tun.write_outer(
+                &mut out[..50],
+                black_box(114),
+                black_box(7),
+                black_box(40000),
+            );
+            black_box(&out);
+        })
+    });
+    let f = from_pod_a1(POD_B1, 64);
+    g.bench_function("ipv4_verify_checksum", |b| {
+        b.iter(|| checksum::sum(black_box(&f[14..34])) == 0xffff)
+    });
+    g.bench_function("ipv4_ttl_decrement", |b| {
+        let mut f = f.clone();
+        b.iter(|| {
+            let mut ip = ipv4::Packet::new_unchecked(&mut f[14..]);
+            ip.set_ttl(64);
+            ip.decrement_ttl();
+        })
+    });
+    g.bench_function("flow_key_and_hash", |b| {
+        b.iter(|| FlowKey::from_ipv4(black_box(&f[14..])).hash())
+    });
+    g.finish();
+}
+
+criterion_group!(benches, pipeline, stage);
+criterion_main!(benches);

@@ -104,7 +104,10 @@ impl Packet {
     /// A packet with its own buffer of `size` bytes. Only the pool calls this
     /// outside tests: the fast path never allocates.
     pub fn with_capacity(size: usize) -> Packet {
-        assert!(size > HEADROOM && u32::try_from(size).is_ok(), "buffer size {size}");
+        assert!(
+            size > HEADROOM && u32::try_from(size).is_ok(),
+            "buffer size {size}"
+        );
         Packet {
             buf: vec![0u8; size].into_boxed_slice(),
             head: HEADROOM as u32,
@@ -238,8 +241,14 @@ pub struct Pool {
 impl Pool {
     /// `count` buffers of `buf_size` bytes each, all allocated now.
     pub fn new(count: usize, buf_size: usize) -> Pool {
-        let free = (0..count).map(|_| Packet::with_capacity(buf_size)).collect();
-        Pool { free, buf_size, total: count }
+        let free = (0..count)
+            .map(|_| Packet::with_capacity(buf_size))
+            .collect();
+        Pool {
+            free,
+            buf_size,
+            total: count,
+        }
     }
 
     /// A clean packet, or `None` when every buffer is in use.
@@ -309,7 +318,9 @@ impl Default for Batch {
 
 impl Batch {
     pub fn new() -> Batch {
-        Batch { pkts: Vec::with_capacity(MAX_BATCH) }
+        Batch {
+            pkts: Vec::with_capacity(MAX_BATCH),
+        }
     }
 
     #[inline]

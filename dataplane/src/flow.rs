@@ -22,7 +22,13 @@ impl FlowKey {
     #[inline(always)]
     pub fn from_ipv4(ip: &[u8]) -> FlowKey {
         let p = ipv4::Packet::new_unchecked(ip);
-        let mut k = FlowKey { src: p.src_u32(), dst: p.dst_u32(), sport: 0, dport: 0, proto: ip[9] };
+        let mut k = FlowKey {
+            src: p.src_u32(),
+            dst: p.dst_u32(),
+            sport: 0,
+            dport: 0,
+            proto: ip[9],
+        };
         if p.frag_offset() != 0 {
             return k;
         }
@@ -45,15 +51,23 @@ impl FlowKey {
     /// The key of the reply direction.
     #[inline]
     pub fn reversed(&self) -> FlowKey {
-        FlowKey { src: self.dst, dst: self.src, sport: self.dport, dport: self.sport, proto: self.proto }
+        FlowKey {
+            src: self.dst,
+            dst: self.src,
+            sport: self.dport,
+            dport: self.sport,
+            proto: self.proto,
+        }
     }
 
     /// A fast, well-mixed hash (entropy port, table buckets).
     #[inline(always)]
     pub fn hash(&self) -> u32 {
-        let a = ((u64::from(self.src) << 32) | u64::from(self.dst)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let b = ((u64::from(self.sport) << 24) | (u64::from(self.dport) << 8) | u64::from(self.proto))
-            .wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
+        let a =
+            ((u64::from(self.src) << 32) | u64::from(self.dst)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let b =
+            ((u64::from(self.sport) << 24) | (u64::from(self.dport) << 8) | u64::from(self.proto))
+                .wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
         let h = a ^ b.rotate_left(31);
         ((h ^ (h >> 29)) >> 32) as u32
     }
@@ -76,6 +90,13 @@ impl std::fmt::Display for FlowKey {
             132 => "sctp".to_owned(),
             n => format!("proto{n}"),
         };
-        write!(f, "{proto} {}:{} -> {}:{}", self.src_addr(), self.sport, self.dst_addr(), self.dport)
+        write!(
+            f,
+            "{proto} {}:{} -> {}:{}",
+            self.src_addr(),
+            self.sport,
+            self.dst_addr(),
+            self.dport
+        )
     }
 }

@@ -20,7 +20,9 @@ pub struct TxQueues {
 impl TxQueues {
     /// Queues for ports up to `ports - 1`, allocated now.
     pub fn with_ports(ports: usize) -> TxQueues {
-        TxQueues { queues: (0..ports).map(|_| Batch::new()).collect() }
+        TxQueues {
+            queues: (0..ports).map(|_| Batch::new()).collect(),
+        }
     }
 
     /// The queue of `port`. Grows (allocating) only the first time a port with
@@ -36,7 +38,11 @@ impl TxQueues {
 
     /// Every queue with packets waiting.
     pub fn pending(&mut self) -> impl Iterator<Item = (PortId, &mut Batch)> {
-        self.queues.iter_mut().enumerate().filter(|(_, b)| !b.is_empty()).map(|(i, b)| (PortId(i as u16), b))
+        self.queues
+            .iter_mut()
+            .enumerate()
+            .filter(|(_, b)| !b.is_empty())
+            .map(|(i, b)| (PortId(i as u16), b))
     }
 
     /// Gives every queued packet back to the pool (tests, benches, shutdown).
@@ -73,7 +79,12 @@ impl Pipeline<AllowAll> {
 
 impl<P: Policy> Pipeline<P> {
     pub fn new(tables: &TableHandle, policy: P) -> Self {
-        Pipeline { tables: tables.reader(), policy, counters: Counters::default(), ident: 0 }
+        Pipeline {
+            tables: tables.reader(),
+            policy,
+            counters: Counters::default(),
+            ident: 0,
+        }
     }
 
     pub fn counters(&self) -> &Counters {
@@ -88,8 +99,20 @@ impl<P: Policy> Pipeline<P> {
     /// Forwards one batch received on `port`: every packet ends in a transmit
     /// queue of `tx` or back in `pool` with its drop reason counted. `batch` is
     /// left empty. `now` is monotonic nanoseconds.
-    pub fn process(&mut self, port: PortId, batch: &mut Batch, now: u64, pool: &mut Pool, tx: &mut TxQueues) {
-        let Pipeline { tables, policy, counters, ident } = self;
+    pub fn process(
+        &mut self,
+        port: PortId,
+        batch: &mut Batch,
+        now: u64,
+        pool: &mut Pool,
+        tx: &mut TxQueues,
+    ) {
+        let Pipeline {
+            tables,
+            policy,
+            counters,
+            ident,
+        } = self;
         let t: &Tables = tables.current();
         counters.batches += 1;
         counters.rx_packets += batch.len() as u64;
@@ -103,19 +126,43 @@ impl<P: Policy> Pipeline<P> {
                 }
             };
         }
-        run!(Next::UplinkInput, stage::input::uplink_input(t, counters, pkts));
+        run!(
+            Next::UplinkInput,
+            stage::input::uplink_input(t, counters, pkts)
+        );
         run!(Next::EthInput, stage::input::eth_input(t, counters, pkts));
         run!(Next::Arp, stage::input::arp(t, counters, pkts));
         run!(Next::Ipv4Input, stage::input::ipv4_input(t, counters, pkts));
         run!(Next::PolicyEgress, policy_stage(t, policy, now, pkts, true));
         run!(Next::Lookup, stage::lookup::lookup(t, counters, pkts));
-        run!(Next::PolicyIngress, policy_stage(t, policy, now, pkts, false));
-        run!(Next::LocalDelivery, stage::encap::local_delivery(t, counters, pkts));
-        run!(Next::HostOutput, stage::encap::host_output(t, counters, pkts));
-        run!(Next::NativeOutput, stage::encap::native_output(t, counters, pkts));
-        run!(Next::VxlanEncap, stage::encap::vxlan_encap(t, counters, ident, pkts));
-        run!(Next::IpipEncap, stage::encap::ipip_encap(t, counters, ident, pkts));
-        run!(Next::IcmpError, stage::icmp_error::icmp_error(t, counters, pkts));
+        run!(
+            Next::PolicyIngress,
+            policy_stage(t, policy, now, pkts, false)
+        );
+        run!(
+            Next::LocalDelivery,
+            stage::encap::local_delivery(t, counters, pkts)
+        );
+        run!(
+            Next::HostOutput,
+            stage::encap::host_output(t, counters, pkts)
+        );
+        run!(
+            Next::NativeOutput,
+            stage::encap::native_output(t, counters, pkts)
+        );
+        run!(
+            Next::VxlanEncap,
+            stage::encap::vxlan_encap(t, counters, ident, pkts)
+        );
+        run!(
+            Next::IpipEncap,
+            stage::encap::ipip_encap(t, counters, ident, pkts)
+        );
+        run!(
+            Next::IcmpError,
+            stage::icmp_error::icmp_error(t, counters, pkts)
+        );
         let _ = pending;
 
         for p in batch.drain() {
@@ -145,7 +192,13 @@ fn dispatch(mut p: Packet, counters: &mut Counters, pool: &mut Pool, tx: &mut Tx
     pool.free(p);
 }
 
-fn policy_stage<P: Policy>(t: &Tables, policy: &mut P, now: u64, pkts: &mut [Packet], egress: bool) -> u32 {
+fn policy_stage<P: Policy>(
+    t: &Tables,
+    policy: &mut P,
+    now: u64,
+    pkts: &mut [Packet],
+    egress: bool,
+) -> u32 {
     let (here, next) = if egress {
         (Next::PolicyEgress, Next::Lookup)
     } else {
@@ -153,7 +206,11 @@ fn policy_stage<P: Policy>(t: &Tables, policy: &mut P, now: u64, pkts: &mut [Pac
     };
     let mut pending = 0;
     for p in pkts.iter_mut().filter(|p| at(p, here)) {
-        let v = if egress { policy.egress(t, p, now) } else { policy.ingress(t, p, now) };
+        let v = if egress {
+            policy.egress(t, p, now)
+        } else {
+            policy.ingress(t, p, now)
+        };
         pending |= match v {
             Verdict::Allow => goto(p, next),
             Verdict::Deny(r) => drop(p, r),

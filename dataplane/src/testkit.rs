@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use crate::buf::PortId;
 use crate::table::{
-    Endpoint, EndpointTable, Mode, NextHop, NodeParams, Owner, Prefix, RouteTable, TableHandle, Tables, Tunnel,
-    TunnelId, TunnelTable,
+    Endpoint, EndpointTable, Mode, NextHop, NodeParams, Owner, Prefix, RouteTable, TableHandle,
+    Tables, Tunnel, TunnelId, TunnelTable,
 };
 use crate::wire::{checksum, eth, ipv4, udp, vxlan, MacAddr};
 
@@ -62,8 +62,18 @@ pub fn node_a(mode: Mode, extra_routes: usize, extra_endpoints: usize) -> TableH
         routes.push((Prefix::new(a, 26).unwrap(), nh));
     }
     let mut eps = vec![
-        Endpoint { ip: POD_A1, mac: POD_A1_MAC, port: POD_A1_PORT, owner: owner("a1") },
-        Endpoint { ip: POD_A2, mac: POD_A2_MAC, port: POD_A2_PORT, owner: owner("a2") },
+        Endpoint {
+            ip: POD_A1,
+            mac: POD_A1_MAC,
+            port: POD_A1_PORT,
+            owner: owner("a1"),
+        },
+        Endpoint {
+            ip: POD_A2,
+            mac: POD_A2_MAC,
+            port: POD_A2_PORT,
+            owner: owner("a2"),
+        },
     ];
     for i in 0..extra_endpoints as u32 {
         let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 19, 1, 0)) + 20 + (i % 200));
@@ -82,7 +92,12 @@ pub fn node_a(mode: Mode, extra_routes: usize, extra_endpoints: usize) -> TableH
     for i in 200..extra_endpoints as u32 {
         let ip = Ipv4Addr::from(0xc613_8000 + i);
         let o = ip.octets();
-        eps.push(Endpoint { ip, mac: MacAddr([2, 0, o[0], o[1], o[2], o[3]]), port: PortId(10 + i as u16), owner: Owner::default() });
+        eps.push(Endpoint {
+            ip,
+            mac: MacAddr([2, 0, o[0], o[1], o[2], o[3]]),
+            port: PortId(10 + i as u16),
+            owner: Owner::default(),
+        });
     }
     if extra_endpoints > 200 {
         routes.push(("198.19.128.0/17".parse().unwrap(), NextHop::Local));
@@ -98,7 +113,11 @@ pub fn node_a(mode: Mode, extra_routes: usize, extra_endpoints: usize) -> TableH
 }
 
 fn owner(name: &str) -> Owner {
-    Owner { namespace: "default".into(), name: name.into(), container_id: format!("ctr-{name}").into() }
+    Owner {
+        namespace: "default".into(),
+        name: name.into(),
+        container_id: format!("ctr-{name}").into(),
+    }
 }
 
 /// An Ethernet + IPv4 + UDP frame with valid checksums; `len` is the whole frame.
@@ -113,15 +132,24 @@ pub fn udp_frame(
 ) -> Vec<u8> {
     let len = len.max(eth::HEADER_LEN + ipv4::HEADER_LEN + udp::HEADER_LEN);
     let mut f = vec![0u8; len];
-    eth::Repr { src: src_mac, dst: dst_mac, ethertype: eth::EtherType::Ipv4 }
-        .emit(&mut eth::Frame::new_unchecked(&mut f[..]));
+    eth::Repr {
+        src: src_mac,
+        dst: dst_mac,
+        ethertype: eth::EtherType::Ipv4,
+    }
+    .emit(&mut eth::Frame::new_unchecked(&mut f[..]));
     let ip_len = len - eth::HEADER_LEN;
     for (i, b) in f[42..].iter_mut().enumerate() {
         *b = i as u8;
     }
     {
         let mut u = udp::Packet::new_unchecked(&mut f[34..]);
-        udp::Repr { src_port: sport, dst_port: dport, payload_len: ip_len - 28 }.emit(&mut u, Some((src, dst)));
+        udp::Repr {
+            src_port: sport,
+            dst_port: dport,
+            payload_len: ip_len - 28,
+        }
+        .emit(&mut u, Some((src, dst)));
     }
     ipv4::Repr {
         src,
@@ -139,18 +167,34 @@ pub fn udp_frame(
 
 /// A pod-A1 → `dst` UDP frame of `len` bytes, as pod A1 sends it (to the gateway MAC).
 pub fn from_pod_a1(dst: Ipv4Addr, len: usize) -> Vec<u8> {
-    udp_frame(POD_A1_MAC, crate::table::GATEWAY_MAC, POD_A1, dst, 40000, 5201, len)
+    udp_frame(
+        POD_A1_MAC,
+        crate::table::GATEWAY_MAC,
+        POD_A1,
+        dst,
+        40000,
+        5201,
+        len,
+    )
 }
 
 /// Wraps an inner Ethernet frame in VXLAN as node B would send it to A.
 pub fn vxlan_from_b(inner: &[u8], vni: u32, src_node: Ipv4Addr) -> Vec<u8> {
     let mut f = vec![0u8; vxlan::OVERHEAD + inner.len()];
-    eth::Repr { src: NODE_B_MAC, dst: NODE_A_MAC, ethertype: eth::EtherType::Ipv4 }
-        .emit(&mut eth::Frame::new_unchecked(&mut f[..]));
+    eth::Repr {
+        src: NODE_B_MAC,
+        dst: NODE_A_MAC,
+        ethertype: eth::EtherType::Ipv4,
+    }
+    .emit(&mut eth::Frame::new_unchecked(&mut f[..]));
     f[50..].copy_from_slice(inner);
     vxlan::Repr { vni }.emit(&mut vxlan::Packet::new_unchecked(&mut f[42..]));
-    udp::Repr { src_port: 50000, dst_port: vxlan::DEFAULT_PORT, payload_len: 8 + inner.len() }
-        .emit(&mut udp::Packet::new_unchecked(&mut f[34..]), None);
+    udp::Repr {
+        src_port: 50000,
+        dst_port: vxlan::DEFAULT_PORT,
+        payload_len: 8 + inner.len(),
+    }
+    .emit(&mut udp::Packet::new_unchecked(&mut f[34..]), None);
     ipv4::Repr {
         src: src_node,
         dst: NODE_A,
@@ -168,8 +212,12 @@ pub fn vxlan_from_b(inner: &[u8], vni: u32, src_node: Ipv4Addr) -> Vec<u8> {
 /// Wraps an inner IPv4 packet in IPIP as node B would send it to A.
 pub fn ipip_from_b(inner_ip: &[u8], src_node: Ipv4Addr) -> Vec<u8> {
     let mut f = vec![0u8; 34 + inner_ip.len()];
-    eth::Repr { src: NODE_B_MAC, dst: NODE_A_MAC, ethertype: eth::EtherType::Ipv4 }
-        .emit(&mut eth::Frame::new_unchecked(&mut f[..]));
+    eth::Repr {
+        src: NODE_B_MAC,
+        dst: NODE_A_MAC,
+        ethertype: eth::EtherType::Ipv4,
+    }
+    .emit(&mut eth::Frame::new_unchecked(&mut f[..]));
     f[34..].copy_from_slice(inner_ip);
     ipv4::Repr {
         src: src_node,

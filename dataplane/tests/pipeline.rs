@@ -22,7 +22,12 @@ impl Harness {
     fn new(mode: Mode) -> Harness {
         let tables = node_a(mode, 0, 0);
         let pl = Pipeline::allow_all(&tables);
-        Harness { tables, pl, pool: Pool::new(512, DEFAULT_BUF_SIZE), tx: TxQueues::default() }
+        Harness {
+            tables,
+            pl,
+            pool: Pool::new(512, DEFAULT_BUF_SIZE),
+            tx: TxQueues::default(),
+        }
     }
 
     /// Runs frames received on `port` and returns what was transmitted, per port.
@@ -34,7 +39,8 @@ impl Harness {
             b.push(p);
         }
         let before = self.pool.available();
-        self.pl.process(port, &mut b, 0, &mut self.pool, &mut self.tx);
+        self.pl
+            .process(port, &mut b, 0, &mut self.pool, &mut self.tx);
         let mut out = Vec::new();
         for (port, q) in self.tx.pending() {
             for p in q.iter() {
@@ -43,7 +49,11 @@ impl Harness {
         }
         self.tx.clear(&mut self.pool);
         assert!(b.is_empty());
-        assert_eq!(self.pool.available(), before + frames.len(), "a packet leaked");
+        assert_eq!(
+            self.pool.available(),
+            before + frames.len(),
+            "a packet leaked"
+        );
         out
     }
 
@@ -62,13 +72,26 @@ impl Harness {
         let before = self.drops(r);
         let total = self.pl.counters().total_drops();
         assert_eq!(self.one(port, frame), None, "expected a drop for {r:?}");
-        assert_eq!(self.drops(r), before + 1, "drop reason: wanted {r:?}, counters {:?}", self.pl.counters());
+        assert_eq!(
+            self.drops(r),
+            before + 1,
+            "drop reason: wanted {r:?}, counters {:?}",
+            self.pl.counters()
+        );
         assert_eq!(self.pl.counters().total_drops(), total + 1);
     }
 }
 
 fn inner_to_a1(ttl: u8) -> Vec<u8> {
-    let mut f = udp_frame(NODE_B_VTEP, sluice_dataplane::table::default_vtep_mac(NODE_A), POD_B1, POD_A1, 5201, 40000, 200);
+    let mut f = udp_frame(
+        NODE_B_VTEP,
+        sluice_dataplane::table::default_vtep_mac(NODE_A),
+        POD_B1,
+        POD_A1,
+        5201,
+        40000,
+        200,
+    );
     let mut ip = ipv4::Packet::new_unchecked(&mut f[14..]);
     ip.set_ttl(ttl);
     ip.fill_checksum();
@@ -84,7 +107,10 @@ fn check_inner_delivered(frame: &[u8], dst_mac: MacAddr, orig: &[u8]) {
     let oip = ipv4::Packet::new_checked(&orig[14..]).unwrap();
     assert_eq!(ip.ttl(), oip.ttl() - 1);
     assert_eq!(ip.payload(), oip.payload());
-    assert_eq!((ip.src_addr(), ip.dst_addr()), (oip.src_addr(), oip.dst_addr()));
+    assert_eq!(
+        (ip.src_addr(), ip.dst_addr()),
+        (oip.src_addr(), oip.dst_addr())
+    );
 }
 
 // ---- VXLAN ----
@@ -100,7 +126,10 @@ fn vxlan_pod_to_remote_pod() {
     assert_eq!((e.src_addr(), e.dst_addr()), (NODE_A_MAC, NODE_B_MAC));
     let ip = ipv4::Packet::new_checked(&out[14..]).unwrap();
     assert!(ip.verify_checksum());
-    assert_eq!((ip.src_addr(), ip.dst_addr(), ip.protocol()), (NODE_A, NODE_B, ipv4::Protocol::Udp));
+    assert_eq!(
+        (ip.src_addr(), ip.dst_addr(), ip.protocol()),
+        (NODE_A, NODE_B, ipv4::Protocol::Udp)
+    );
     assert_eq!(usize::from(ip.total_len()), out.len() - 14);
     let u = udp::Packet::new_checked(&out[34..]).unwrap();
     assert_eq!(u.dst_port(), 4789);
@@ -113,14 +142,20 @@ fn vxlan_pod_to_remote_pod() {
     let inner = &out[50..];
     let ie = eth::Frame::new_checked(inner).unwrap();
     assert_eq!(ie.dst_addr(), NODE_B_VTEP);
-    assert_eq!(ie.src_addr(), sluice_dataplane::table::default_vtep_mac(NODE_A));
+    assert_eq!(
+        ie.src_addr(),
+        sluice_dataplane::table::default_vtep_mac(NODE_A)
+    );
     let iip = ipv4::Packet::new_checked(&inner[14..]).unwrap();
     assert!(iip.verify_checksum());
     assert_eq!(iip.ttl(), 63);
     assert_eq!(&inner[34..], &f[34..]);
     // Oracle: etherparse decodes the whole stack.
     let sl = etherparse::SlicedPacket::from_ethernet(&out).unwrap();
-    assert!(matches!(sl.transport, Some(etherparse::TransportSlice::Udp(_))));
+    assert!(matches!(
+        sl.transport,
+        Some(etherparse::TransportSlice::Udp(_))
+    ));
     assert_eq!(h.pl.counters().vxlan_encap, 1);
 }
 
@@ -139,7 +174,9 @@ fn vxlan_entropy_port_follows_the_flow() {
 fn vxlan_remote_to_local_pod() {
     let mut h = Harness::new(Mode::Vxlan);
     let inner = inner_to_a1(64);
-    let (port, out) = h.one(PortId::UPLINK, vxlan_from_b(&inner, 4096, NODE_B)).unwrap();
+    let (port, out) = h
+        .one(PortId::UPLINK, vxlan_from_b(&inner, 4096, NODE_B))
+        .unwrap();
     assert_eq!(port, POD_A1_PORT);
     assert_eq!(out.len(), inner.len());
     check_inner_delivered(&out, POD_A1_MAC, &inner);
@@ -150,8 +187,16 @@ fn vxlan_remote_to_local_pod() {
 fn vxlan_wrong_vni_unknown_source_bad_flags() {
     let mut h = Harness::new(Mode::Vxlan);
     let inner = inner_to_a1(64);
-    h.expect_drop(PortId::UPLINK, vxlan_from_b(&inner, 4097, NODE_B), R::VxlanWrongVni);
-    h.expect_drop(PortId::UPLINK, vxlan_from_b(&inner, 4096, Ipv4Addr::new(198, 18, 9, 9)), R::UnknownTunnelSource);
+    h.expect_drop(
+        PortId::UPLINK,
+        vxlan_from_b(&inner, 4097, NODE_B),
+        R::VxlanWrongVni,
+    );
+    h.expect_drop(
+        PortId::UPLINK,
+        vxlan_from_b(&inner, 4096, Ipv4Addr::new(198, 18, 9, 9)),
+        R::UnknownTunnelSource,
+    );
     let mut bad = vxlan_from_b(&inner, 4096, NODE_B);
     bad[42] = 0x0c;
     h.expect_drop(PortId::UPLINK, bad, R::VxlanBadFlags);
@@ -163,7 +208,11 @@ fn vxlan_wrong_vni_unknown_source_bad_flags() {
     let f = vxlan_from_b(&inner, 4096, NODE_B);
     h.expect_drop(PortId::UPLINK, f[..60].to_vec(), R::Ipv4Truncated);
     // A VXLAN node does not take IPIP.
-    h.expect_drop(PortId::UPLINK, ipip_from_b(&inner[14..], NODE_B), R::TunnelModeMismatch);
+    h.expect_drop(
+        PortId::UPLINK,
+        ipip_from_b(&inner[14..], NODE_B),
+        R::TunnelModeMismatch,
+    );
 }
 
 #[test]
@@ -171,12 +220,32 @@ fn vxlan_inner_checksum_and_ttl_are_checked_after_decap() {
     let mut h = Harness::new(Mode::Vxlan);
     let mut inner = inner_to_a1(64);
     inner[24] ^= 0xff; // inner IPv4 checksum
-    h.expect_drop(PortId::UPLINK, vxlan_from_b(&inner, 4096, NODE_B), R::Ipv4BadChecksum);
+    h.expect_drop(
+        PortId::UPLINK,
+        vxlan_from_b(&inner, 4096, NODE_B),
+        R::Ipv4BadChecksum,
+    );
     // A remote sender's expired packet is dropped, no ICMP back through the tunnel.
-    h.expect_drop(PortId::UPLINK, vxlan_from_b(&inner_to_a1(1), 4096, NODE_B), R::TtlExpired);
+    h.expect_drop(
+        PortId::UPLINK,
+        vxlan_from_b(&inner_to_a1(1), 4096, NODE_B),
+        R::TtlExpired,
+    );
     // Decapsulated traffic never goes back out of the uplink.
-    let to_b = udp_frame(NODE_B_VTEP, NODE_A_MAC, POD_B1, Ipv4Addr::new(198, 19, 2, 99), 1, 2, 80);
-    h.expect_drop(PortId::UPLINK, vxlan_from_b(&to_b, 4096, NODE_B), R::Hairpin);
+    let to_b = udp_frame(
+        NODE_B_VTEP,
+        NODE_A_MAC,
+        POD_B1,
+        Ipv4Addr::new(198, 19, 2, 99),
+        1,
+        2,
+        80,
+    );
+    h.expect_drop(
+        PortId::UPLINK,
+        vxlan_from_b(&to_b, 4096, NODE_B),
+        R::Hairpin,
+    );
 }
 
 // ---- IPIP ----
@@ -190,7 +259,10 @@ fn ipip_pod_to_remote_pod() {
     assert_eq!(out.len(), f.len() + 20);
     let ip = ipv4::Packet::new_checked(&out[14..]).unwrap();
     assert!(ip.verify_checksum());
-    assert_eq!((ip.src_addr(), ip.dst_addr(), ip.protocol()), (NODE_A, NODE_B, ipv4::Protocol::Ipip));
+    assert_eq!(
+        (ip.src_addr(), ip.dst_addr(), ip.protocol()),
+        (NODE_A, NODE_B, ipv4::Protocol::Ipip)
+    );
     let inner = ipv4::Packet::new_checked(ip.payload()).unwrap();
     assert!(inner.verify_checksum());
     assert_eq!(inner.ttl(), 63);
@@ -198,18 +270,31 @@ fn ipip_pod_to_remote_pod() {
     let outer = etherparse::Ipv4Slice::from_slice(&out[14..]).unwrap();
     assert_eq!(outer.header().protocol(), etherparse::IpNumber::IPV4);
     let sl = etherparse::SlicedPacket::from_ip(outer.payload().payload).unwrap();
-    assert!(matches!(sl.transport, Some(etherparse::TransportSlice::Udp(_))));
+    assert!(matches!(
+        sl.transport,
+        Some(etherparse::TransportSlice::Udp(_))
+    ));
 }
 
 #[test]
 fn ipip_remote_to_local_pod() {
     let mut h = Harness::new(Mode::Ipip);
     let inner = inner_to_a1(64);
-    let (port, out) = h.one(PortId::UPLINK, ipip_from_b(&inner[14..], NODE_B)).unwrap();
+    let (port, out) = h
+        .one(PortId::UPLINK, ipip_from_b(&inner[14..], NODE_B))
+        .unwrap();
     assert_eq!(port, POD_A1_PORT);
     check_inner_delivered(&out, POD_A1_MAC, &inner);
-    h.expect_drop(PortId::UPLINK, ipip_from_b(&inner[14..], Ipv4Addr::new(198, 18, 7, 7)), R::UnknownTunnelSource);
-    h.expect_drop(PortId::UPLINK, vxlan_from_b(&inner, 4096, NODE_B), R::TunnelModeMismatch);
+    h.expect_drop(
+        PortId::UPLINK,
+        ipip_from_b(&inner[14..], Ipv4Addr::new(198, 18, 7, 7)),
+        R::UnknownTunnelSource,
+    );
+    h.expect_drop(
+        PortId::UPLINK,
+        vxlan_from_b(&inner, 4096, NODE_B),
+        R::TunnelModeMismatch,
+    );
 }
 
 // ---- native ----
@@ -268,8 +353,12 @@ fn arp_for_the_gateway_and_others() {
         let mut h = Harness::new(mode);
         for target in [GATEWAY_IP, POD_B1, POD_A2] {
             let mut f = vec![0u8; 42];
-            eth::Repr { src: POD_A1_MAC, dst: MacAddr::BROADCAST, ethertype: eth::EtherType::Arp }
-                .emit(&mut eth::Frame::new_unchecked(&mut f[..]));
+            eth::Repr {
+                src: POD_A1_MAC,
+                dst: MacAddr::BROADCAST,
+                ethertype: eth::EtherType::Arp,
+            }
+            .emit(&mut eth::Frame::new_unchecked(&mut f[..]));
             arp::Repr {
                 operation: arp::Operation::Request,
                 sender_hw: POD_A1_MAC,
@@ -281,7 +370,10 @@ fn arp_for_the_gateway_and_others() {
             let (port, out) = h.one(POD_A1_PORT, f).unwrap();
             assert_eq!(port, POD_A1_PORT);
             let e = eth::Frame::new_checked(&out[..]).unwrap();
-            assert_eq!((e.dst_addr(), e.src_addr(), e.ethertype()), (POD_A1_MAC, GATEWAY_MAC, eth::EtherType::Arp));
+            assert_eq!(
+                (e.dst_addr(), e.src_addr(), e.ethertype()),
+                (POD_A1_MAC, GATEWAY_MAC, eth::EtherType::Arp)
+            );
             let r = arp::Repr::parse(&arp::Packet::new_checked(&out[14..]).unwrap()).unwrap();
             assert_eq!(r.operation, arp::Operation::Reply);
             assert_eq!((r.sender_hw, r.sender_ip), (GATEWAY_MAC, target));
@@ -289,8 +381,12 @@ fn arp_for_the_gateway_and_others() {
         }
         // Duplicate address detection: no answer for the pod's own address.
         let mut f = vec![0u8; 42];
-        eth::Repr { src: POD_A1_MAC, dst: MacAddr::BROADCAST, ethertype: eth::EtherType::Arp }
-            .emit(&mut eth::Frame::new_unchecked(&mut f[..]));
+        eth::Repr {
+            src: POD_A1_MAC,
+            dst: MacAddr::BROADCAST,
+            ethertype: eth::EtherType::Arp,
+        }
+        .emit(&mut eth::Frame::new_unchecked(&mut f[..]));
         arp::Repr {
             operation: arp::Operation::Request,
             sender_hw: POD_A1_MAC,
@@ -310,7 +406,10 @@ fn check_icmp_error(out: &[u8], orig: &[u8], kind: u8, code: u8) -> u16 {
     assert_eq!((e.dst_addr(), e.src_addr()), (POD_A1_MAC, GATEWAY_MAC));
     let ip = ipv4::Packet::new_checked(&out[14..]).unwrap();
     assert!(ip.verify_checksum());
-    assert_eq!((ip.src_addr(), ip.dst_addr(), ip.protocol()), (NODE_A, POD_A1, ipv4::Protocol::Icmp));
+    assert_eq!(
+        (ip.src_addr(), ip.dst_addr(), ip.protocol()),
+        (NODE_A, POD_A1, ipv4::Protocol::Icmp)
+    );
     let m = icmp::Packet::new_checked(ip.payload()).unwrap();
     assert!(m.verify_checksum());
     assert_eq!((m.msg_type(), m.msg_code()), (kind, code));
@@ -339,7 +438,11 @@ fn ttl_expiry_sends_time_exceeded() {
 
 #[test]
 fn oversize_df_sends_frag_needed() {
-    for (mode, mtu) in [(Mode::Vxlan, 1450u16), (Mode::Ipip, 1480), (Mode::Native, 1500)] {
+    for (mode, mtu) in [
+        (Mode::Vxlan, 1450u16),
+        (Mode::Ipip, 1480),
+        (Mode::Native, 1500),
+    ] {
         let mut h = Harness::new(mode);
         // One byte over the path MTU.
         let f = from_pod_a1(POD_B1, 14 + usize::from(mtu) + 1);
@@ -364,19 +467,33 @@ fn unknown_destinations() {
     for mode in MODES {
         let mut h = Harness::new(mode);
         // In this node's range but no such pod.
-        h.expect_drop(POD_A1_PORT, from_pod_a1(Ipv4Addr::new(198, 19, 1, 99), 80), R::NoEndpoint);
+        h.expect_drop(
+            POD_A1_PORT,
+            from_pod_a1(Ipv4Addr::new(198, 19, 1, 99), 80),
+            R::NoEndpoint,
+        );
         // Outside the cluster: to the host port.
-        let (port, out) = h.one(POD_A1_PORT, from_pod_a1(Ipv4Addr::new(203, 0, 113, 1), 80)).unwrap();
+        let (port, out) = h
+            .one(POD_A1_PORT, from_pod_a1(Ipv4Addr::new(203, 0, 113, 1), 80))
+            .unwrap();
         assert_eq!(port, PortId::HOST);
         assert_eq!(&out[0..6], &HOST_MAC.0);
         // With no default route there is no route.
         h.tables.update(|t| sluice_dataplane::table::Tables {
             routes: std::sync::Arc::new(sluice_dataplane::table::RouteTable::new(
-                t.routes.routes().iter().copied().filter(|(p, _)| p.len() > 0),
+                t.routes
+                    .routes()
+                    .iter()
+                    .copied()
+                    .filter(|(p, _)| p.prefix_len() > 0),
             )),
             ..t.clone()
         });
-        h.expect_drop(POD_A1_PORT, from_pod_a1(Ipv4Addr::new(203, 0, 113, 1), 80), R::NoRoute);
+        h.expect_drop(
+            POD_A1_PORT,
+            from_pod_a1(Ipv4Addr::new(203, 0, 113, 1), 80),
+            R::NoRoute,
+        );
     }
 }
 
@@ -438,7 +555,10 @@ fn ethernet_padding_is_trimmed() {
 #[test]
 fn table_updates_apply_between_batches() {
     let mut h = Harness::new(Mode::Vxlan);
-    assert_eq!(h.one(POD_A1_PORT, from_pod_a1(POD_B1, 80)).unwrap().0, PortId::UPLINK);
+    assert_eq!(
+        h.one(POD_A1_PORT, from_pod_a1(POD_B1, 80)).unwrap().0,
+        PortId::UPLINK
+    );
     h.tables.update(|t| sluice_dataplane::table::Tables {
         tunnels: std::sync::Arc::new(sluice_dataplane::table::TunnelTable::default()),
         ..t.clone()

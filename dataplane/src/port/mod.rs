@@ -10,6 +10,8 @@ use std::os::fd::RawFd;
 
 use crate::buf::{Batch, Pool};
 
+pub mod tap;
+
 /// A source and sink of Ethernet frames, driven in batches.
 pub trait Port {
     /// A short name for logs and counters (`eth0`, `tap3f2a`).
@@ -42,7 +44,10 @@ pub struct MemPort {
 
 impl MemPort {
     pub fn new(name: &str) -> MemPort {
-        MemPort { name: name.to_owned(), ..Default::default() }
+        MemPort {
+            name: name.to_owned(),
+            ..Default::default()
+        }
     }
 }
 

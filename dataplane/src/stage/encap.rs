@@ -35,7 +35,11 @@ pub fn local_delivery(t: &Tables, c: &mut Counters, pkts: &mut [Packet]) -> u32 
         n += 1;
     }
     c.local_delivered += n;
-    if n > 0 { Next::Tx.bit() } else { 0 }
+    if n > 0 {
+        Next::Tx.bit()
+    } else {
+        0
+    }
 }
 
 /// host-output: to the node's kernel through the host port.
@@ -50,7 +54,11 @@ pub fn host_output(t: &Tables, c: &mut Counters, pkts: &mut [Packet]) -> u32 {
         n += 1;
     }
     c.to_host += n;
-    if n > 0 { Next::Tx.bit() } else { 0 }
+    if n > 0 {
+        Next::Tx.bit()
+    } else {
+        0
+    }
 }
 
 /// native-output: out of the uplink to the underlay next hop, unencapsulated.

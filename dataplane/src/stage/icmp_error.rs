@@ -10,8 +10,8 @@
 use super::{at, drop, goto, icmp_kind, Counters, Next};
 use crate::buf::{Meta, Packet, PortId};
 use crate::drop::DropReason as R;
-use crate::wire::{eth, icmp, ipv4};
 use crate::table::Tables;
+use crate::wire::{eth, icmp, ipv4};
 
 const ETH: usize = eth::HEADER_LEN;
 const NEW_HDRS: usize = ipv4::HEADER_LEN + icmp::HEADER_LEN;
@@ -35,7 +35,12 @@ pub fn icmp_error(t: &Tables, c: &mut Counters, pkts: &mut [Packet]) -> u32 {
         let is_icmp_error = ip.protocol() == ipv4::Protocol::Icmp
             && d.len() > l3 + hl
             && icmp::is_error(d[l3 + hl]);
-        if is_icmp_error || ip.frag_offset() != 0 || src.is_unspecified() || src.is_broadcast() || src.is_multicast() {
+        if is_icmp_error
+            || ip.frag_offset() != 0
+            || src.is_unspecified()
+            || src.is_broadcast()
+            || src.is_multicast()
+        {
             pending |= drop(p, R::IcmpErrorSuppressed);
             continue;
         }
@@ -67,7 +72,11 @@ pub fn icmp_error(t: &Tables, c: &mut Counters, pkts: &mut [Packet]) -> u32 {
         }
         .emit(&mut ipv4::Packet::new_unchecked(&mut d[ETH..]));
         let (kind, code, rest) = match p.meta.aux & 0xffff_0000 {
-            icmp_kind::FRAG_NEEDED => (icmp::kind::DST_UNREACHABLE, icmp::CODE_FRAG_NEEDED, p.meta.aux & 0xffff),
+            icmp_kind::FRAG_NEEDED => (
+                icmp::kind::DST_UNREACHABLE,
+                icmp::CODE_FRAG_NEEDED,
+                p.meta.aux & 0xffff,
+            ),
             _ => (icmp::kind::TIME_EXCEEDED, icmp::CODE_TTL_EXCEEDED, 0),
         };
         let d = p.data_mut();

@@ -186,7 +186,8 @@ pub fn arp(t: &Tables, c: &mut Counters, pkts: &mut [Packet]) -> u32 {
     let gw = t.node.gateway_mac;
     let mut pending = 0;
     for p in pkts.iter_mut().filter(|p| at(p, Next::Arp)) {
-        let Ok(a) = arp::Packet::new_checked(&p.data()[ETH..]).and_then(|a| arp::Repr::parse(&a)) else {
+        let Ok(a) = arp::Packet::new_checked(&p.data()[ETH..]).and_then(|a| arp::Repr::parse(&a))
+        else {
             pending |= drop(p, R::ArpMalformed);
             continue;
         };
@@ -194,7 +195,9 @@ pub fn arp(t: &Tables, c: &mut Counters, pkts: &mut [Packet]) -> u32 {
             pending |= drop(p, R::ArpNotRequest);
             continue;
         }
-        if p.meta.src_ep != Meta::NO_EP && u32::from(a.target_ip) == u32::from(t.endpoints.get(p.meta.src_ep).ip) {
+        if p.meta.src_ep != Meta::NO_EP
+            && u32::from(a.target_ip) == u32::from(t.endpoints.get(p.meta.src_ep).ip)
+        {
             pending |= drop(p, R::ArpNotRequest);
             continue;
         }
@@ -207,8 +210,12 @@ pub fn arp(t: &Tables, c: &mut Counters, pkts: &mut [Packet]) -> u32 {
         };
         p.truncate(ETH + arp::PACKET_LEN);
         let d = p.data_mut();
-        eth::Repr { src: gw, dst: a.sender_hw, ethertype: eth::EtherType::Arp }
-            .emit(&mut eth::Frame::new_unchecked(&mut d[..]));
+        eth::Repr {
+            src: gw,
+            dst: a.sender_hw,
+            ethertype: eth::EtherType::Arp,
+        }
+        .emit(&mut eth::Frame::new_unchecked(&mut d[..]));
         reply.emit(&mut arp::Packet::new_unchecked(&mut d[ETH..]));
         p.meta.out_port = p.meta.in_port;
         c.arp_replies += 1;
@@ -244,7 +251,9 @@ pub fn ipv4_input(t: &Tables, _c: &mut Counters, pkts: &mut [Packet]) -> u32 {
             pending |= drop(p, R::Ipv4BadChecksum);
             continue;
         }
-        if p.meta.src_ep != Meta::NO_EP && ip.src_u32() != u32::from(t.endpoints.get(p.meta.src_ep).ip) {
+        if p.meta.src_ep != Meta::NO_EP
+            && ip.src_u32() != u32::from(t.endpoints.get(p.meta.src_ep).ip)
+        {
             pending |= drop(p, R::SpoofedSourceIp);
             continue;
         }
@@ -270,7 +279,11 @@ pub fn ipv4_input(t: &Tables, _c: &mut Counters, pkts: &mut [Packet]) -> u32 {
 /// Sets up packets arriving on `port` for the first stage.
 #[inline]
 pub fn start(pkts: &mut [Packet], port: PortId) -> u32 {
-    let first = if port == PortId::UPLINK { Next::UplinkInput } else { Next::EthInput };
+    let first = if port == PortId::UPLINK {
+        Next::UplinkInput
+    } else {
+        Next::EthInput
+    };
     for p in pkts.iter_mut() {
         p.meta = Meta {
             in_port: port,

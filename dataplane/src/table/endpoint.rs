@@ -61,7 +61,11 @@ impl EndpointTable {
             }
             *slot = i as u32;
         }
-        Ok(EndpointTable { eps, by_ip, by_port })
+        Ok(EndpointTable {
+            eps,
+            by_ip,
+            by_port,
+        })
     }
 
     /// The endpoint holding a (host-order) address.
@@ -115,7 +119,10 @@ mod tests {
         let t = EndpointTable::new([ep([198, 19, 1, 2], 2), ep([198, 19, 1, 3], 5)]).unwrap();
         let i = t.by_ip(u32::from(Ipv4Addr::new(198, 19, 1, 3))).unwrap();
         assert_eq!(t.get(i).port, PortId(5));
-        assert_eq!(t.by_port(PortId(2)).map(|i| t.get(i).ip), Some(Ipv4Addr::new(198, 19, 1, 2)));
+        assert_eq!(
+            t.by_port(PortId(2)).map(|i| t.get(i).ip),
+            Some(Ipv4Addr::new(198, 19, 1, 2))
+        );
         assert_eq!(t.by_port(PortId(3)), None);
         assert_eq!(t.by_port(PortId(900)), None);
         assert!(matches!(

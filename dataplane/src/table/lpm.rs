@@ -37,20 +37,29 @@ impl Prefix {
         if len > 32 {
             return Err(PrefixError::Length(len));
         }
-        Ok(Prefix { addr: u32::from(addr) & mask(len), len })
+        Ok(Prefix {
+            addr: u32::from(addr) & mask(len),
+            len,
+        })
     }
 
     /// `addr/len`, refusing host bits (for configuration and API input).
     pub fn new_strict(addr: Ipv4Addr, len: u8) -> Result<Prefix, PrefixError> {
         let p = Prefix::new(addr, len)?;
         if p.addr != u32::from(addr) {
-            return Err(PrefixError::HostBits(format!("{addr}/{len}"), p.to_string()));
+            return Err(PrefixError::HostBits(
+                format!("{addr}/{len}"),
+                p.to_string(),
+            ));
         }
         Ok(p)
     }
 
     pub fn host(addr: Ipv4Addr) -> Prefix {
-        Prefix { addr: u32::from(addr), len: 32 }
+        Prefix {
+            addr: u32::from(addr),
+            len: 32,
+        }
     }
 
     pub fn addr(&self) -> Ipv4Addr {
@@ -61,7 +70,7 @@ impl Prefix {
         self.addr
     }
 
-    pub fn len(&self) -> u8 {
+    pub fn prefix_len(&self) -> u8 {
         self.len
     }
 
@@ -104,7 +113,11 @@ impl std::str::FromStr for Prefix {
     /// Parses `a.b.c.d/len` strictly (no host bits); a bare address is a /32.
     fn from_str(s: &str) -> Result<Prefix, PrefixError> {
         let (a, l) = match s.split_once('/') {
-            Some((a, l)) => (a, l.parse::<u8>().map_err(|_| PrefixError::Syntax(s.to_owned()))?),
+            Some((a, l)) => (
+                a,
+                l.parse::<u8>()
+                    .map_err(|_| PrefixError::Syntax(s.to_owned()))?,
+            ),
             None => (s, 32),
         };
         let addr: Ipv4Addr = a.parse().map_err(|_| PrefixError::Syntax(s.to_owned()))?;
@@ -121,7 +134,9 @@ pub struct Lpm {
 
 impl std::fmt::Debug for Lpm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Lpm").field("chunks", &(self.chunks.len() / CHUNK)).finish()
+        f.debug_struct("Lpm")
+            .field("chunks", &(self.chunks.len() / CHUNK))
+            .finish()
     }
 }
 
@@ -167,7 +182,10 @@ impl LpmBuilder {
 
     /// Adds or replaces a prefix. `value` must be non-zero and below 2^31.
     pub fn insert(&mut self, p: Prefix, value: u32) -> Option<u32> {
-        assert!(value != 0 && value & CHILD == 0, "LPM value {value:#x} out of range");
+        assert!(
+            value != 0 && value & CHILD == 0,
+            "LPM value {value:#x} out of range"
+        );
         self.prefixes.insert(p, value)
     }
 
@@ -285,7 +303,7 @@ mod tests {
         assert!("198.19.1.1/24".parse::<Prefix>().is_err());
         assert!("198.19.1.0/33".parse::<Prefix>().is_err());
         assert!("198.19.1/24".parse::<Prefix>().is_err());
-        assert_eq!(pfx("10.0.0.1").len(), 32);
+        assert_eq!(pfx("10.0.0.1").prefix_len(), 32);
     }
 
     #[test]
@@ -301,7 +319,11 @@ mod tests {
         let mut b = LpmBuilder::new();
         while b.len() < 100_000 {
             let len = 16 + (next() % 17) as u8;
-            let p = Prefix::new(Ipv4Addr::from(0xc613_0000 | (next() & 0x0003_ffff) << 6), len).unwrap();
+            let p = Prefix::new(
+                Ipv4Addr::from(0xc613_0000 | (next() & 0x0003_ffff) << 6),
+                len,
+            )
+            .unwrap();
             let v = 1 + next() % 1000;
             b.insert(p, v);
         }

@@ -66,7 +66,9 @@ impl std::str::FromStr for Mode {
             "vxlan" => Ok(Mode::Vxlan),
             "ipip" => Ok(Mode::Ipip),
             "native" => Ok(Mode::Native),
-            other => Err(format!("unknown mode {other:?}: expected vxlan, ipip or native")),
+            other => Err(format!(
+                "unknown mode {other:?}: expected vxlan, ipip or native"
+            )),
         }
     }
 }
@@ -161,7 +163,9 @@ pub struct TableHandle {
 
 impl TableHandle {
     pub fn new(t: Tables) -> TableHandle {
-        TableHandle { inner: Arc::new(ArcSwap::from_pointee(t)) }
+        TableHandle {
+            inner: Arc::new(ArcSwap::from_pointee(t)),
+        }
     }
 
     /// The current snapshot.
@@ -182,7 +186,9 @@ impl TableHandle {
 
     /// A reader for one worker.
     pub fn reader(&self) -> TableReader {
-        TableReader { cache: Cache::new(self.inner.clone()) }
+        TableReader {
+            cache: Cache::new(self.inner.clone()),
+        }
     }
 }
 
@@ -206,7 +212,12 @@ mod tests {
 
     #[test]
     fn readers_see_whole_snapshots() {
-        let node = NodeParams::new(Mode::Vxlan, Ipv4Addr::new(198, 18, 0, 1), MacAddr([2, 0, 0, 0, 0, 1]), 1500);
+        let node = NodeParams::new(
+            Mode::Vxlan,
+            Ipv4Addr::new(198, 18, 0, 1),
+            MacAddr([2, 0, 0, 0, 0, 1]),
+            1500,
+        );
         assert_eq!(node.pod_mtu, 1450);
         assert_eq!(node.vtep_mac.to_string(), "02:53:c6:12:00:01");
         let h = TableHandle::new(Tables::new(node));
@@ -217,8 +228,16 @@ mod tests {
         let t = std::thread::spawn(move || {
             for i in 1..=200u32 {
                 w.update(|t| {
-                    let routes = (0..i).map(|j| (Prefix::new(Ipv4Addr::from(0xc613_0000 + (j << 8)), 24).unwrap(), NextHop::Local));
-                    Tables { routes: Arc::new(RouteTable::new(routes)), ..t.clone() }
+                    let routes = (0..i).map(|j| {
+                        (
+                            Prefix::new(Ipv4Addr::from(0xc613_0000 + (j << 8)), 24).unwrap(),
+                            NextHop::Local,
+                        )
+                    });
+                    Tables {
+                        routes: Arc::new(RouteTable::new(routes)),
+                        ..t.clone()
+                    }
                 });
             }
         });

@@ -99,7 +99,10 @@ impl RouteTable {
             b.insert(p, nh.pack());
         }
         let lpm = b.build();
-        let routes = b.iter().filter_map(|(p, v)| NextHop::unpack(*v).map(|nh| (*p, nh))).collect();
+        let routes = b
+            .iter()
+            .filter_map(|(p, v)| NextHop::unpack(*v).map(|nh| (*p, nh)))
+            .collect();
         RouteTable { lpm, routes }
     }
 
@@ -157,11 +160,23 @@ mod tests {
         let t = RouteTable::new([
             ("0.0.0.0/0".parse().unwrap(), NextHop::Host),
             ("198.19.1.0/24".parse().unwrap(), NextHop::Local),
-            ("198.19.2.0/24".parse().unwrap(), NextHop::Vxlan(TunnelId(3))),
+            (
+                "198.19.2.0/24".parse().unwrap(),
+                NextHop::Vxlan(TunnelId(3)),
+            ),
         ]);
-        assert_eq!(t.lookup_addr(Ipv4Addr::new(198, 19, 2, 9)), Some(NextHop::Vxlan(TunnelId(3))));
-        assert_eq!(t.lookup_addr(Ipv4Addr::new(198, 19, 1, 9)), Some(NextHop::Local));
-        assert_eq!(t.lookup_addr(Ipv4Addr::new(1, 1, 1, 1)), Some(NextHop::Host));
+        assert_eq!(
+            t.lookup_addr(Ipv4Addr::new(198, 19, 2, 9)),
+            Some(NextHop::Vxlan(TunnelId(3)))
+        );
+        assert_eq!(
+            t.lookup_addr(Ipv4Addr::new(198, 19, 1, 9)),
+            Some(NextHop::Local)
+        );
+        assert_eq!(
+            t.lookup_addr(Ipv4Addr::new(1, 1, 1, 1)),
+            Some(NextHop::Host)
+        );
         assert_eq!(t.len(), 3);
         assert_eq!(RouteTable::default().lookup(0), None);
     }

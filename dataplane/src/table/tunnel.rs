@@ -54,7 +54,12 @@ const _: () = assert!(MAX_REWRITE == 50 && UDP_AT == 34);
 
 impl Tunnel {
     /// A VXLAN tunnel to `remote` whose VTEP answers to `remote_vtep`.
-    pub fn vxlan(node: &NodeParams, remote: Ipv4Addr, remote_vtep: MacAddr, nh_mac: Option<MacAddr>) -> Tunnel {
+    pub fn vxlan(
+        node: &NodeParams,
+        remote: Ipv4Addr,
+        remote_vtep: MacAddr,
+        nh_mac: Option<MacAddr>,
+    ) -> Tunnel {
         let mut t = Tunnel::blank(Encap::Vxlan, node, remote, nh_mac, vxlan::OVERHEAD);
         t.inner_src = node.vtep_mac;
         t.inner_dst = remote_vtep;
@@ -65,14 +70,21 @@ impl Tunnel {
         u.set_dst_port(node.vxlan_port);
         u.set_len(0);
         u.set_checksum(0);
-        vxlan::Repr { vni: node.vni }.emit(&mut vxlan::Packet::new_unchecked(&mut r[udp::HEADER_LEN..]));
+        vxlan::Repr { vni: node.vni }
+            .emit(&mut vxlan::Packet::new_unchecked(&mut r[udp::HEADER_LEN..]));
         t.seal_ip(node.node_ip, ipv4::Protocol::Udp, 0);
         t
     }
 
     /// An IPIP tunnel to `remote`.
     pub fn ipip(node: &NodeParams, remote: Ipv4Addr, nh_mac: Option<MacAddr>) -> Tunnel {
-        let mut t = Tunnel::blank(Encap::Ipip, node, remote, nh_mac, eth::HEADER_LEN + ipip::OVERHEAD);
+        let mut t = Tunnel::blank(
+            Encap::Ipip,
+            node,
+            remote,
+            nh_mac,
+            eth::HEADER_LEN + ipip::OVERHEAD,
+        );
         t.mtu = node.uplink_mtu.saturating_sub(ipip::OVERHEAD as u16);
         t.seal_ip(node.node_ip, ipv4::Protocol::Ipip, ipv4::FLAG_DF);
         t
@@ -85,7 +97,13 @@ impl Tunnel {
         t
     }
 
-    fn blank(encap: Encap, node: &NodeParams, remote: Ipv4Addr, nh_mac: Option<MacAddr>, len: usize) -> Tunnel {
+    fn blank(
+        encap: Encap,
+        node: &NodeParams,
+        remote: Ipv4Addr,
+        nh_mac: Option<MacAddr>,
+        len: usize,
+    ) -> Tunnel {
         let mut t = Tunnel {
             encap,
             remote,
@@ -172,7 +190,10 @@ pub struct TunnelTable {
 impl TunnelTable {
     /// `sources`: the underlay addresses of known nodes.
     pub fn new(tunnels: Vec<Tunnel>, sources: impl IntoIterator<Item = Ipv4Addr>) -> TunnelTable {
-        TunnelTable { tunnels, sources: sources.into_iter().map(u32::from).collect() }
+        TunnelTable {
+            tunnels,
+            sources: sources.into_iter().map(u32::from).collect(),
+        }
     }
 
     #[inline(always)]
@@ -187,7 +208,10 @@ impl TunnelTable {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (TunnelId, &Tunnel)> {
-        self.tunnels.iter().enumerate().map(|(i, t)| (TunnelId(i as u32), t))
+        self.tunnels
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (TunnelId(i as u32), t))
     }
 
     pub fn sources(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
@@ -219,13 +243,23 @@ mod tests {
     use crate::table::Mode;
 
     fn node() -> NodeParams {
-        NodeParams::new(Mode::Vxlan, Ipv4Addr::new(198, 18, 0, 1), MacAddr([2, 0, 0xc6, 0x12, 0, 1]), 1500)
+        NodeParams::new(
+            Mode::Vxlan,
+            Ipv4Addr::new(198, 18, 0, 1),
+            MacAddr([2, 0, 0xc6, 0x12, 0, 1]),
+            1500,
+        )
     }
 
     #[test]
     fn vxlan_outer_header_is_valid() {
         let n = node();
-        let t = Tunnel::vxlan(&n, Ipv4Addr::new(198, 18, 0, 2), MacAddr([2, 0x5e, 0, 0, 0, 2]), Some(MacAddr([2, 0, 0xc6, 0x12, 0, 2])));
+        let t = Tunnel::vxlan(
+            &n,
+            Ipv4Addr::new(198, 18, 0, 2),
+            MacAddr([2, 0x5e, 0, 0, 0, 2]),
+            Some(MacAddr([2, 0, 0xc6, 0x12, 0, 2])),
+        );
         assert_eq!(t.rewrite_len(), 50);
         assert_eq!(t.mtu, 1450);
         let mut out = [0u8; 50];
@@ -245,14 +279,21 @@ mod tests {
         // Checksum stays valid across the whole range of lengths and IDs.
         for (len, id) in [(20u16, 0u16), (1500, 0xffff), (65535, 1), (9000, 0x8000)] {
             t.write_outer(&mut out, len, id, 40000);
-            assert!(ipv4::Packet::new_unchecked(&out[14..34]).verify_checksum(), "{len} {id}");
+            assert!(
+                ipv4::Packet::new_unchecked(&out[14..34]).verify_checksum(),
+                "{len} {id}"
+            );
         }
     }
 
     #[test]
     fn ipip_and_native() {
         let n = node();
-        let t = Tunnel::ipip(&n, Ipv4Addr::new(198, 18, 0, 3), Some(MacAddr([2, 0, 0, 0, 0, 3])));
+        let t = Tunnel::ipip(
+            &n,
+            Ipv4Addr::new(198, 18, 0, 3),
+            Some(MacAddr([2, 0, 0, 0, 0, 3])),
+        );
         assert_eq!((t.rewrite_len(), t.mtu), (34, 1480));
         let mut out = [0u8; 34];
         t.write_outer(&mut out, 84, 7, 0);

@@ -116,10 +116,16 @@ impl Repr {
     pub fn parse<T: AsRef<[u8]>>(p: &Packet<T>) -> Result<Repr> {
         check_len(p.buffer.as_ref(), PACKET_LEN)?;
         if p.hardware_type() != 1 || p.hardware_len() != 6 {
-            return Err(Error::Malformed { field: "arp hardware", value: u32::from(p.hardware_type()) });
+            return Err(Error::Malformed {
+                field: "arp hardware",
+                value: u32::from(p.hardware_type()),
+            });
         }
         if p.protocol_type() != u16::from(EtherType::Ipv4) || p.protocol_len() != 4 {
-            return Err(Error::Malformed { field: "arp protocol", value: u32::from(p.protocol_type()) });
+            return Err(Error::Malformed {
+                field: "arp protocol",
+                value: u32::from(p.protocol_type()),
+            });
         }
         Ok(Repr {
             operation: p.operation(),

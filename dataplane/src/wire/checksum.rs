@@ -88,8 +88,7 @@ mod tests {
     #[test]
     fn incremental_matches_full() {
         let mut hdr = [
-            0x45u8, 0, 0, 0x54, 0x12, 0x34, 0x40, 0, 0x40, 1, 0, 0, 198, 19, 1, 10, 198, 19, 2,
-            10,
+            0x45u8, 0, 0, 0x54, 0x12, 0x34, 0x40, 0, 0x40, 1, 0, 0, 198, 19, 1, 10, 198, 19, 2, 10,
         ];
         let c = checksum(&hdr);
         hdr[10..12].copy_from_slice(&c.to_be_bytes());

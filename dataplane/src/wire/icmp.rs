@@ -102,12 +102,31 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
 /// An ICMP message; the data it carries is borrowed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Repr<'a> {
-    EchoRequest { ident: u16, seq: u16, data: &'a [u8] },
-    EchoReply { ident: u16, seq: u16, data: &'a [u8] },
+    EchoRequest {
+        ident: u16,
+        seq: u16,
+        data: &'a [u8],
+    },
+    EchoReply {
+        ident: u16,
+        seq: u16,
+        data: &'a [u8],
+    },
     /// Fragmentation needed: `quote` is the offending IP header plus leading payload.
-    FragNeeded { mtu: u16, quote: &'a [u8] },
-    TimeExceeded { code: u8, quote: &'a [u8] },
-    Other { msg_type: u8, code: u8, rest: u32, data: &'a [u8] },
+    FragNeeded {
+        mtu: u16,
+        quote: &'a [u8],
+    },
+    TimeExceeded {
+        code: u8,
+        quote: &'a [u8],
+    },
+    Other {
+        msg_type: u8,
+        code: u8,
+        rest: u32,
+        data: &'a [u8],
+    },
 }
 
 impl<'a> Repr<'a> {
@@ -121,17 +140,27 @@ impl<'a> Repr<'a> {
         let data = &b[HEADER_LEN..];
         let rest = super::be32(b, field::REST);
         Ok(match (b[field::TYPE], b[field::CODE]) {
-            (kind::ECHO_REQUEST, 0) => {
-                Repr::EchoRequest { ident: (rest >> 16) as u16, seq: rest as u16, data }
-            }
-            (kind::ECHO_REPLY, 0) => {
-                Repr::EchoReply { ident: (rest >> 16) as u16, seq: rest as u16, data }
-            }
-            (kind::DST_UNREACHABLE, CODE_FRAG_NEEDED) => {
-                Repr::FragNeeded { mtu: rest as u16, quote: data }
-            }
+            (kind::ECHO_REQUEST, 0) => Repr::EchoRequest {
+                ident: (rest >> 16) as u16,
+                seq: rest as u16,
+                data,
+            },
+            (kind::ECHO_REPLY, 0) => Repr::EchoReply {
+                ident: (rest >> 16) as u16,
+                seq: rest as u16,
+                data,
+            },
+            (kind::DST_UNREACHABLE, CODE_FRAG_NEEDED) => Repr::FragNeeded {
+                mtu: rest as u16,
+                quote: data,
+            },
             (kind::TIME_EXCEEDED, code) => Repr::TimeExceeded { code, quote: data },
-            (msg_type, code) => Repr::Other { msg_type, code, rest, data },
+            (msg_type, code) => Repr::Other {
+                msg_type,
+                code,
+                rest,
+                data,
+            },
         })
     }
 
@@ -147,17 +176,31 @@ impl<'a> Repr<'a> {
     /// Writes the message, data and checksum into a buffer of `buffer_len()` bytes.
     pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(&self, p: &mut Packet<T>) {
         let (t, c, rest, data) = match *self {
-            Repr::EchoRequest { ident, seq, data } => {
-                (kind::ECHO_REQUEST, 0, (u32::from(ident) << 16) | u32::from(seq), data)
-            }
-            Repr::EchoReply { ident, seq, data } => {
-                (kind::ECHO_REPLY, 0, (u32::from(ident) << 16) | u32::from(seq), data)
-            }
-            Repr::FragNeeded { mtu, quote } => {
-                (kind::DST_UNREACHABLE, CODE_FRAG_NEEDED, u32::from(mtu), quote)
-            }
+            Repr::EchoRequest { ident, seq, data } => (
+                kind::ECHO_REQUEST,
+                0,
+                (u32::from(ident) << 16) | u32::from(seq),
+                data,
+            ),
+            Repr::EchoReply { ident, seq, data } => (
+                kind::ECHO_REPLY,
+                0,
+                (u32::from(ident) << 16) | u32::from(seq),
+                data,
+            ),
+            Repr::FragNeeded { mtu, quote } => (
+                kind::DST_UNREACHABLE,
+                CODE_FRAG_NEEDED,
+                u32::from(mtu),
+                quote,
+            ),
             Repr::TimeExceeded { code, quote } => (kind::TIME_EXCEEDED, code, 0, quote),
-            Repr::Other { msg_type, code, rest, data } => (msg_type, code, rest, data),
+            Repr::Other {
+                msg_type,
+                code,
+                rest,
+                data,
+            } => (msg_type, code, rest, data),
         };
         p.set_msg_type(t);
         p.set_msg_code(c);
@@ -174,7 +217,11 @@ mod tests {
     #[test]
     fn echo_round_trip_and_oracle() {
         let payload = *b"sluice!!";
-        let r = Repr::EchoRequest { ident: 0x1234, seq: 7, data: &payload };
+        let r = Repr::EchoRequest {
+            ident: 0x1234,
+            seq: 7,
+            data: &payload,
+        };
         let mut buf = vec![0u8; r.buffer_len()];
         r.emit(&mut Packet::new_unchecked(&mut buf[..]));
         let p = Packet::new_checked(&buf[..]).unwrap();
@@ -188,7 +235,10 @@ mod tests {
     #[test]
     fn frag_needed_carries_mtu() {
         let quote = [0x45u8; 28];
-        let r = Repr::FragNeeded { mtu: 1450, quote: &quote };
+        let r = Repr::FragNeeded {
+            mtu: 1450,
+            quote: &quote,
+        };
         let mut buf = vec![0u8; r.buffer_len()];
         r.emit(&mut Packet::new_unchecked(&mut buf[..]));
         let p = Packet::new_checked(&buf[..]).unwrap();

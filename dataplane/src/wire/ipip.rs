@@ -37,7 +37,12 @@ impl Repr {
                 value: u32::from(u8::from(outer.protocol)),
             });
         }
-        Ok(Repr { src: outer.src, dst: outer.dst, inner_len: outer.payload_len, ttl: outer.ttl })
+        Ok(Repr {
+            src: outer.src,
+            dst: outer.dst,
+            inner_len: outer.payload_len,
+            ttl: outer.ttl,
+        })
     }
 
     pub const fn header_len(&self) -> usize {

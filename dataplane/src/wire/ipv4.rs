@@ -67,12 +67,18 @@ impl<T: AsRef<[u8]>> Packet<T> {
         check_len(b, HEADER_LEN)?;
         let hl = self.header_len();
         if hl < HEADER_LEN {
-            return Err(Error::Malformed { field: "ipv4 header length", value: hl as u32 });
+            return Err(Error::Malformed {
+                field: "ipv4 header length",
+                value: hl as u32,
+            });
         }
         check_len(b, hl)?;
         let tl = usize::from(self.total_len());
         if tl < hl {
-            return Err(Error::Malformed { field: "ipv4 total length", value: tl as u32 });
+            return Err(Error::Malformed {
+                field: "ipv4 total length",
+                value: tl as u32,
+            });
         }
         check_len(b, tl)
     }
@@ -277,7 +283,10 @@ impl Repr {
     pub fn parse<T: AsRef<[u8]>>(p: &Packet<T>) -> Result<Repr> {
         p.check_len()?;
         if p.version() != 4 {
-            return Err(Error::Malformed { field: "ip version", value: u32::from(p.version()) });
+            return Err(Error::Malformed {
+                field: "ip version",
+                value: u32::from(p.version()),
+            });
         }
         if !p.verify_checksum() {
             return Err(Error::Checksum);
@@ -389,7 +398,10 @@ mod tests {
         assert!(Packet::new_checked(&long[..]).is_err());
         let mut bad = b;
         bad[8] = 1;
-        assert_eq!(Repr::parse(&Packet::new_checked(&bad[..]).unwrap()), Err(Error::Checksum));
+        assert_eq!(
+            Repr::parse(&Packet::new_checked(&bad[..]).unwrap()),
+            Err(Error::Checksum)
+        );
         let mut v6 = b;
         v6[0] = 0x65;
         assert!(matches!(

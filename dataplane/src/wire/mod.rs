@@ -42,7 +42,10 @@ pub type Result<T> = core::result::Result<T, Error>;
 #[inline]
 pub(crate) fn check_len(buf: &[u8], need: usize) -> Result<()> {
     if buf.len() < need {
-        Err(Error::Truncated { need, have: buf.len() })
+        Err(Error::Truncated {
+            need,
+            have: buf.len(),
+        })
     } else {
         Ok(())
     }

@@ -68,7 +68,10 @@ impl<T: AsRef<[u8]>> Packet<T> {
         check_len(p.buffer.as_ref(), HEADER_LEN)?;
         let hl = p.header_len();
         if hl < HEADER_LEN {
-            return Err(Error::Malformed { field: "tcp data offset", value: hl as u32 });
+            return Err(Error::Malformed {
+                field: "tcp data offset",
+                value: hl as u32,
+            });
         }
         check_len(p.buffer.as_ref(), hl)?;
         Ok(p)
@@ -187,7 +190,12 @@ impl Repr {
 
     /// Writes the header and checksum; the payload must already follow the header
     /// and the buffer must end where the segment ends.
-    pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(&self, p: &mut Packet<T>, src: Ipv4Addr, dst: Ipv4Addr) {
+    pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(
+        &self,
+        p: &mut Packet<T>,
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+    ) {
         p.set_src_port(self.src_port);
         p.set_dst_port(self.dst_port);
         p.set_seq_number(self.seq);
@@ -222,7 +230,11 @@ mod tests {
         assert_eq!(Repr::parse(&p, src, dst).unwrap(), r);
         let h = etherparse::TcpHeader::from_slice(&buf).unwrap().0;
         assert!(h.syn);
-        assert_eq!(h.calc_checksum_ipv4_raw(src.octets(), dst.octets(), &[]).unwrap(), p.checksum());
+        assert_eq!(
+            h.calc_checksum_ipv4_raw(src.octets(), dst.octets(), &[])
+                .unwrap(),
+            p.checksum()
+        );
     }
 
     #[test]

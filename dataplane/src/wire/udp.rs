@@ -33,7 +33,10 @@ impl<T: AsRef<[u8]>> Packet<T> {
         check_len(b, HEADER_LEN)?;
         let len = usize::from(be16(b, field::LENGTH));
         if len < HEADER_LEN {
-            return Err(Error::Malformed { field: "udp length", value: len as u32 });
+            return Err(Error::Malformed {
+                field: "udp length",
+                value: len as u32,
+            });
         }
         check_len(b, len)?;
         Ok(Packet { buffer })
@@ -165,19 +168,27 @@ mod tests {
         let dst = Ipv4Addr::new(198, 19, 2, 10);
         let mut buf = [0u8; 13];
         buf[8..].copy_from_slice(b"hello");
-        let r = Repr { src_port: 40000, dst_port: 5201, payload_len: 5 };
+        let r = Repr {
+            src_port: 40000,
+            dst_port: 5201,
+            payload_len: 5,
+        };
         r.emit(&mut Packet::new_unchecked(&mut buf[..]), Some((src, dst)));
         let p = Packet::new_checked(&buf[..]).unwrap();
         assert_eq!(Repr::parse(&p, src, dst).unwrap(), r);
         assert_eq!(p.payload(), b"hello");
         let h = etherparse::UdpHeader::from_slice(&buf).unwrap().0;
         assert_eq!(
-            h.calc_checksum_ipv4_raw(src.octets(), dst.octets(), b"hello").unwrap(),
+            h.calc_checksum_ipv4_raw(src.octets(), dst.octets(), b"hello")
+                .unwrap(),
             p.checksum()
         );
         let mut bad = buf;
         bad[9] ^= 0xff;
-        assert_eq!(Repr::parse(&Packet::new_checked(&bad[..]).unwrap(), src, dst), Err(Error::Checksum));
+        assert_eq!(
+            Repr::parse(&Packet::new_checked(&bad[..]).unwrap(), src, dst),
+            Err(Error::Checksum)
+        );
     }
 
     #[test]

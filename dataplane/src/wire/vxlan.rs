@@ -13,7 +13,8 @@ pub const DEFAULT_PORT: u16 = 4789;
 /// The "I" flag: the VNI is valid. It must be set; other flag bits are reserved.
 pub const FLAG_I: u8 = 0x08;
 /// Outer Ethernet + IPv4 + UDP + VXLAN: what a pod's MTU gives up.
-pub const OVERHEAD: usize = super::eth::HEADER_LEN + super::ipv4::HEADER_LEN + super::udp::HEADER_LEN + HEADER_LEN;
+pub const OVERHEAD: usize =
+    super::eth::HEADER_LEN + super::ipv4::HEADER_LEN + super::udp::HEADER_LEN + HEADER_LEN;
 
 const _: () = assert!(OVERHEAD == 50);
 
@@ -98,7 +99,10 @@ impl Repr {
     pub fn parse<T: AsRef<[u8]>>(p: &Packet<T>) -> Result<Repr> {
         check_len(p.buffer.as_ref(), HEADER_LEN)?;
         if !p.is_valid() {
-            return Err(Error::Malformed { field: "vxlan flags", value: p.first_word() });
+            return Err(Error::Malformed {
+                field: "vxlan flags",
+                value: p.first_word(),
+            });
         }
         Ok(Repr { vni: p.vni() })
     }
@@ -129,8 +133,15 @@ mod tests {
 
     #[test]
     fn flags_are_strict() {
-        for b in [[0u8, 0, 0, 0, 0, 0x10, 0, 0], [0x0c, 0, 0, 0, 0, 0x10, 0, 0], [0x08, 0, 0, 0, 0, 0x10, 0, 1]] {
-            assert!(Repr::parse(&Packet::new_checked(&b[..]).unwrap()).is_err(), "{b:?}");
+        for b in [
+            [0u8, 0, 0, 0, 0, 0x10, 0, 0],
+            [0x0c, 0, 0, 0, 0, 0x10, 0, 0],
+            [0x08, 0, 0, 0, 0, 0x10, 0, 1],
+        ] {
+            assert!(
+                Repr::parse(&Packet::new_checked(&b[..]).unwrap()).is_err(),
+                "{b:?}"
+            );
         }
         assert!(Packet::new_checked(&[0x08u8; 7][..]).is_err());
     }

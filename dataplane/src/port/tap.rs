@@ -1,0 +1,563 @@
+//! A TAP device as a [`Port`]: the pod's `eth0` is the kernel side, Sluice holds
+//! the fd.
+//!
+//! One `read(2)` or `write(2)` per frame (the TUN driver has no batched I/O), on a
+//! nonblocking fd. With the virtio-net header on (the default), the kernel may hand
+//! over frames whose TCP/UDP checksum is only partial (`TUN_F_CSUM`); [`Tap`]
+//! completes them in software so the pipeline only ever sees valid frames.
+//!
+//! GSO superframes (`TUN_F_TSO*`) are not segmented yet: they are off unless asked
+//! for in [`TapOptions::offloads`]. When on, a superframe that fits a buffer is
+//! passed on whole and counted in [`TapStats::rx_gso`]; one longer than a buffer is
+//! dropped like any oversize frame.
+//!
+//! The kernel interfaces themselves (ioctls, namespaces) are in [`crate::sys`].
+
+use std::io::{self, IoSlice, IoSliceMut};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+
+use nix::errno::Errno;
+use nix::sys::uio::{readv, writev};
+
+use crate::buf::{Batch, Packet, Pool};
+use crate::port::Port;
+use crate::sys::netns::{in_netns, NetNs};
+pub use crate::sys::tun::Offloads;
+use crate::sys::tun::{self, VnetHdr};
+use crate::sys::valid_ifname;
+
+/// How to open a TAP. `TapOptions::new()` is: virtio-net header on, checksum
+/// offload asked for, persistent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TapOptions {
+    /// Prefix frames with a virtio-net header (`IFF_VNET_HDR`); needed for any
+    /// offload.
+    pub vnet_hdr: bool,
+    /// Offloads to ask for; ignored without `vnet_hdr`.
+    pub offloads: Offloads,
+    /// Keep the device when its last fd closes (`TUNSETPERSIST`), so Sluice can
+    /// restart without the pod losing its `eth0`.
+    pub persist: bool,
+}
+
+impl Default for TapOptions {
+    fn default() -> Self {
+        TapOptions {
+            vnet_hdr: true,
+            offloads: Offloads::CSUM,
+            persist: true,
+        }
+    }
+}
+
+impl TapOptions {
+    pub fn new() -> TapOptions {
+        TapOptions::default()
+    }
+
+    pub fn vnet_hdr(mut self, on: bool) -> TapOptions {
+        self.vnet_hdr = on;
+        self
+    }
+
+    pub fn offloads(mut self, offloads: Offloads) -> TapOptions {
+        self.offloads = offloads;
+        self
+    }
+
+    pub fn persist(mut self, on: bool) -> TapOptions {
+        self.persist = on;
+        self
+    }
+
+    fn iff_flags(&self) -> nix::libc::c_int {
+        let vnet = if self.vnet_hdr { tun::IFF_VNET_HDR } else { 0 };
+        tun::IFF_TAP | tun::IFF_NO_PI | vnet
+    }
+}
+
+/// What went wrong opening or configuring a TAP, and which one.
+#[derive(Debug, thiserror::Error)]
+pub enum TapError {
+    #[error("TAP name {name:?} is not 1 to 15 bytes without '/', ':' or spaces")]
+    InvalidName { name: String },
+    #[error("no interface called {name} in this network namespace to attach to")]
+    NotFound { name: String },
+    #[error("{op} on TAP {name}: {source}")]
+    Io {
+        op: &'static str,
+        name: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Counters of one TAP port. Frames dropped here never reach the pipeline, so
+/// they are counted here rather than as a [`crate::drop::DropReason`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TapStats {
+    /// Frames handed to the pipeline.
+    pub rx_frames: u64,
+    /// Frames longer than a pool buffer: read into scratch space and dropped.
+    pub rx_oversize: u64,
+    /// Frames whose virtio-net header was short or whose checksum offsets fell
+    /// outside the frame: dropped.
+    pub rx_bad_vnet: u64,
+    /// Partial checksums completed in software (included in `rx_frames`).
+    pub rx_csum_completed: u64,
+    /// GSO superframes passed on unsegmented (included in `rx_frames`).
+    pub rx_gso: u64,
+    /// Frames the kernel took.
+    pub tx_frames: u64,
+    /// Frames refused because the device queue was full or the link down.
+    pub tx_refused: u64,
+    /// Frames the kernel rejected as malformed.
+    pub tx_errors: u64,
+}
+
+/// Room for the longest frame a TAP can deliver: a 64 KiB GSO superframe plus its
+/// Ethernet header, with some to spare.
+const SCRATCH_LEN: usize = 64 * 1024 + 1024;
+
+const ZERO_VNET_HDR: [u8; VnetHdr::LEN] = [0; VnetHdr::LEN];
+
+/// An open TAP device. Dropping it closes the fd; a persistent device stays (and
+/// can be [`Tap::attach`]ed again), others disappear.
+pub struct Tap {
+    fd: OwnedFd,
+    name: String,
+    vnet_hdr: bool,
+    offloads: Offloads,
+    persist: bool,
+    scratch: Box<[u8]>,
+    stats: TapStats,
+}
+
+impl std::fmt::Debug for Tap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Not the scratch buffer: 65 KiB of zeroes.
+        f.debug_struct("Tap")
+            .field("fd", &self.fd)
+            .field("name", &self.name)
+            .field("vnet_hdr", &self.vnet_hdr)
+            .field("offloads", &self.offloads)
+            .field("persist", &self.persist)
+            .field("stats", &self.stats)
+            .finish()
+    }
+}
+
+enum Rx {
+    Frame,
+    Dropped,
+    Empty,
+}
+
+impl Tap {
+    /// Creates the TAP `name` in the calling thread's network namespace. Fails
+    /// (`EBUSY`) if an interface of that name exists there.
+    ///
+    /// To create it in another namespace, call this inside
+    /// [`crate::sys::netns::in_netns`]; the fd works from any thread afterwards.
+    pub fn create(name: &str, opts: &TapOptions) -> Result<Tap, TapError> {
+        Tap::open(name, opts, tun::IFF_TUN_EXCL, "create")
+    }
+
+    /// Opens the existing TAP `name` in the calling thread's namespace again, with
+    /// the same kind of flags: how Sluice takes a pod's persistent `eth0` back after
+    /// a restart (run it in the pod's namespace). Never creates a device: a missing
+    /// name is [`TapError::NotFound`].
+    pub fn attach(name: &str, opts: &TapOptions) -> Result<Tap, TapError> {
+        if !valid_ifname(name) {
+            return Err(TapError::InvalidName {
+                name: name.to_owned(),
+            });
+        }
+        // TUNSETIFF would create a missing device, so look first. Nothing creates
+        // one in between but another TUNSETIFF, which would make ours attach to it.
+        match nix::net::if_::if_nametoindex(name) {
+            Ok(_) => {}
+            Err(Errno::ENODEV) => {
+                return Err(TapError::NotFound {
+                    name: name.to_owned(),
+                })
+            }
+            Err(e) => {
+                return Err(TapError::Io {
+                    op: "look up",
+                    name: name.to_owned(),
+                    source: e.into(),
+                })
+            }
+        }
+        Tap::open(name, opts, 0, "attach")
+    }
+
+    fn open(
+        name: &str,
+        opts: &TapOptions,
+        extra_flags: nix::libc::c_int,
+        op: &'static str,
+    ) -> Result<Tap, TapError> {
+        if !valid_ifname(name) {
+            return Err(TapError::InvalidName {
+                name: name.to_owned(),
+            });
+        }
+        let err = |op: &'static str| {
+            let name = name.to_owned();
+            move |source: io::Error| TapError::Io { op, name, source }
+        };
+        let fd = tun::open(true).map_err(err("open /dev/net/tun"))?;
+        let got =
+            tun::set_iff(fd.as_fd(), name, opts.iff_flags() | extra_flags).map_err(err(op))?;
+        let mut tap = Tap {
+            fd,
+            name: got,
+            vnet_hdr: opts.vnet_hdr,
+            offloads: Offloads::NONE,
+            persist: false,
+            scratch: vec![0u8; SCRATCH_LEN].into_boxed_slice(),
+            stats: TapStats::default(),
+        };
+        if opts.vnet_hdr {
+            tun::set_vnet_hdr_len(tap.fd.as_fd(), VnetHdr::LEN)
+                .map_err(err("set vnet header length"))?;
+            tap.offloads = tun::negotiate_offloads(tap.fd.as_fd(), opts.offloads)
+                .map_err(err("set offloads"))?;
+        } else {
+            // Without a header the kernel cannot mark a checksum partial, so it must
+            // not be allowed to leave one (an attached device may have had offloads).
+            tun::set_offload(tap.fd.as_fd(), 0).map_err(err("clear offloads"))?;
+        }
+        tap.set_persist(opts.persist).map_err(err("set persist"))?;
+        Ok(tap)
+    }
+
+    /// Whether the device outlives its last fd.
+    pub fn set_persist(&mut self, persist: bool) -> io::Result<()> {
+        tun::set_persist(self.fd.as_fd(), persist)?;
+        self.persist = persist;
+        Ok(())
+    }
+
+    pub fn is_persistent(&self) -> bool {
+        self.persist
+    }
+
+    /// Removes the device: clears persistence and closes the fd, and the kernel
+    /// deletes it (once no other process holds it open).
+    pub fn delete(mut self) -> io::Result<()> {
+        self.set_persist(false)
+    }
+
+    /// The offloads the kernel accepted (a subset of those asked for).
+    pub fn offloads(&self) -> Offloads {
+        self.offloads
+    }
+
+    pub fn has_vnet_hdr(&self) -> bool {
+        self.vnet_hdr
+    }
+
+    pub fn stats(&self) -> &TapStats {
+        &self.stats
+    }
+
+    /// The device's name now (it may have been renamed since it was opened).
+    pub fn ifname(&self) -> io::Result<String> {
+        Ok(tun::get_iff(self.fd.as_fd())?.0)
+    }
+
+    /// The namespace the device is in now.
+    pub fn netns(&self) -> io::Result<NetNs> {
+        let fd = tun::device_netns(self.fd.as_fd())?;
+        Ok(NetNs::from_fd(fd, format!("netns of TAP {}", self.name)))
+    }
+
+    /// The device's interface index in the namespace it is in now (moving it to
+    /// another namespace may change it).
+    pub fn ifindex(&self) -> io::Result<u32> {
+        let name = self.ifname()?;
+        let ns = self.netns()?;
+        let lookup = || nix::net::if_::if_nametoindex(name.as_str()).map_err(io::Error::from);
+        if ns.is_current()? {
+            return lookup();
+        }
+        in_netns(&ns, lookup).map_err(io::Error::other)?
+    }
+
+    /// The device's MAC: the pod's `eth0` address.
+    pub fn mac(&self) -> io::Result<[u8; 6]> {
+        tun::hw_addr(self.fd.as_fd())
+    }
+
+    /// Reads one frame into `p`.
+    fn read_frame(&mut self, p: &mut Packet) -> io::Result<Rx> {
+        let mut hdr = [0u8; VnetHdr::LEN];
+        let hdr_len = if self.vnet_hdr { VnetHdr::LEN } else { 0 };
+        let area = p.rx_area();
+        let room = area.len();
+        let n = loop {
+            // A frame longer than the buffer runs on into the scratch space, so it is
+            // consumed whole and dropped.
+            let mut iov = [
+                IoSliceMut::new(&mut hdr[..hdr_len]),
+                IoSliceMut::new(area),
+                IoSliceMut::new(&mut self.scratch),
+            ];
+            match readv(&self.fd, &mut iov) {
+                Ok(n) => break n,
+                Err(Errno::EINTR) => continue,
+                Err(Errno::EAGAIN) => return Ok(Rx::Empty),
+                Err(e) => return Err(e.into()),
+            }
+        };
+        if n < hdr_len {
+            self.stats.rx_bad_vnet += 1;
+            return Ok(Rx::Dropped);
+        }
+        let len = n - hdr_len;
+        if len > room {
+            self.stats.rx_oversize += 1;
+            return Ok(Rx::Dropped);
+        }
+        p.set_received(len);
+        if self.vnet_hdr {
+            let h = VnetHdr::parse(&hdr);
+            if h.is_gso() {
+                // The checksum stays partial: segmentation will finish it per segment.
+                self.stats.rx_gso += 1;
+            } else if h.flags & VnetHdr::F_NEEDS_CSUM != 0 {
+                let (start, offset) = (usize::from(h.csum_start), usize::from(h.csum_offset));
+                if !complete_checksum(p.data_mut(), start, offset) {
+                    self.stats.rx_bad_vnet += 1;
+                    return Ok(Rx::Dropped);
+                }
+                self.stats.rx_csum_completed += 1;
+            }
+        }
+        self.stats.rx_frames += 1;
+        Ok(Rx::Frame)
+    }
+
+    /// Writes one frame, behind a zeroed virtio-net header if the device wants one:
+    /// no offload asked, so the receiving kernel checks checksums itself.
+    fn write_frame(&mut self, p: &mut Packet) -> Result<(), Errno> {
+        loop {
+            let r = if !self.vnet_hdr {
+                nix::unistd::write(&self.fd, p.data())
+            } else if let Some(h) = p.prepend(VnetHdr::LEN) {
+                // Written into the headroom: the frame is not copied.
+                h.fill(0);
+                let r = nix::unistd::write(&self.fd, p.data());
+                p.strip(VnetHdr::LEN);
+                r
+            } else {
+                let iov = [IoSlice::new(&ZERO_VNET_HDR), IoSlice::new(p.data())];
+                writev(&self.fd, &iov)
+            };
+            match r {
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(e),
+                Ok(_) => return Ok(()),
+            }
+        }
+    }
+}
+
+/// Finishes a partial TCP/UDP checksum the way the kernel does
+/// (`skb_checksum_help`): the field at `start + offset` holds the pseudo-header
+/// sum; the ones'-complement sum from `start` to the end, folded and inverted,
+/// replaces it. False (frame unchanged) if the offsets fall outside the frame.
+fn complete_checksum(frame: &mut [u8], start: usize, offset: usize) -> bool {
+    let field = start + offset;
+    if start >= frame.len() || field + 2 > frame.len() || offset + 2 > frame.len() - start {
+        return false;
+    }
+    let mut sum = 0u64;
+    let mut words = frame[start..].chunks_exact(2);
+    for w in &mut words {
+        sum += u64::from(u16::from_be_bytes([w[0], w[1]]));
+    }
+    if let [last] = words.remainder() {
+        sum += u64::from(*last) << 8;
+    }
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    let mut csum = !(sum as u16);
+    if csum == 0 {
+        // UDP reads 0 as "no checksum"; 0xffff is the same value in ones' complement.
+        csum = 0xffff;
+    }
+    frame[field..field + 2].copy_from_slice(&csum.to_be_bytes());
+    true
+}
+
+impl Port for Tap {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn rx_burst(&mut self, pool: &mut Pool, batch: &mut Batch, max: usize) -> io::Result<usize> {
+        let mut got = 0;
+        while got < max && !batch.is_full() {
+            // Pool empty: the frames wait in the device queue until buffers return.
+            let Some(mut p) = pool.alloc() else { break };
+            match self.read_frame(&mut p) {
+                Ok(Rx::Frame) => {
+                    batch.push(p);
+                    got += 1;
+                }
+                Ok(Rx::Dropped) => pool.free(p),
+                Ok(Rx::Empty) => {
+                    pool.free(p);
+                    break;
+                }
+                Err(e) => {
+                    pool.free(p);
+                    // Hand over what arrived; the error comes back on the next call.
+                    if got > 0 {
+                        break;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(got)
+    }
+
+    fn tx_burst(&mut self, pool: &mut Pool, batch: &mut Batch) -> io::Result<usize> {
+        let mut sent = 0;
+        let mut refusing = false;
+        let mut fatal = None;
+        for mut p in batch.drain() {
+            if refusing {
+                self.stats.tx_refused += 1;
+                pool.free(p);
+                continue;
+            }
+            match self.write_frame(&mut p) {
+                Ok(()) => {
+                    sent += 1;
+                    self.stats.tx_frames += 1;
+                }
+                // Queue full or link down: the rest would be refused too.
+                Err(Errno::EAGAIN | Errno::EIO) => {
+                    self.stats.tx_refused += 1;
+                    refusing = true;
+                }
+                // The device is gone from under the fd.
+                Err(e @ (Errno::EBADF | Errno::EBADFD | Errno::ENODEV)) => {
+                    self.stats.tx_refused += 1;
+                    refusing = true;
+                    fatal = Some(e);
+                }
+                // This frame only (too short, too long for the MTU).
+                Err(_) => self.stats.tx_errors += 1,
+            }
+            pool.free(p);
+        }
+        match fatal {
+            Some(e) if sent == 0 => Err(e.into()),
+            _ => Ok(sent),
+        }
+    }
+
+    fn rx_fd(&self) -> Option<RawFd> {
+        Some(self.fd.as_raw_fd())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etherparse::PacketBuilder;
+
+    /// Ones'-complement sum of the UDP pseudo header, folded, not inverted: what
+    /// the kernel leaves in the checksum field of a partial-checksum frame.
+    fn pseudo_sum(src: [u8; 4], dst: [u8; 4], proto: u8, l4_len: u16) -> u16 {
+        let mut s: u32 = 0;
+        for w in [src, dst] {
+            s += u32::from(u16::from_be_bytes([w[0], w[1]]))
+                + u32::from(u16::from_be_bytes([w[2], w[3]]));
+        }
+        s += u32::from(proto) + u32::from(l4_len);
+        while s >> 16 != 0 {
+            s = (s & 0xffff) + (s >> 16);
+        }
+        s as u16
+    }
+
+    fn udp_frame(payload: &[u8]) -> Vec<u8> {
+        let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv4([198, 19, 7, 2], [198, 19, 8, 3], 64)
+            .udp(40000, 53);
+        let mut v = Vec::new();
+        b.write(&mut v, payload).unwrap();
+        v
+    }
+
+    #[test]
+    fn partial_checksums_are_completed() {
+        for payload in [
+            &b"hello"[..],
+            &b"even"[..],
+            &[0u8; 0][..],
+            &[0xffu8; 33][..],
+        ] {
+            let good = udp_frame(payload);
+            let mut partial = good.clone();
+            let l4 = 14 + 20;
+            let udp_len = (8 + payload.len()) as u16;
+            let seed = pseudo_sum([198, 19, 7, 2], [198, 19, 8, 3], 17, udp_len);
+            partial[l4 + 6..l4 + 8].copy_from_slice(&seed.to_be_bytes());
+            assert!(complete_checksum(&mut partial, l4, 6));
+            assert_eq!(partial, good, "payload {payload:?}");
+        }
+    }
+
+    #[test]
+    fn checksum_offsets_outside_the_frame_are_refused() {
+        let mut f = udp_frame(b"x");
+        let copy = f.clone();
+        let n = f.len();
+        assert!(!complete_checksum(&mut f, n, 0));
+        assert!(!complete_checksum(&mut f, n - 1, 0));
+        assert!(!complete_checksum(&mut f, 34, n));
+        assert!(!complete_checksum(
+            &mut f,
+            usize::from(u16::MAX),
+            usize::from(u16::MAX)
+        ));
+        assert_eq!(f, copy);
+    }
+
+    #[test]
+    fn options_build() {
+        let o = TapOptions::new()
+            .vnet_hdr(false)
+            .persist(false)
+            .offloads(Offloads::NONE);
+        assert!(!o.vnet_hdr && !o.persist);
+        assert_eq!(o.iff_flags(), tun::IFF_TAP | tun::IFF_NO_PI);
+        assert_eq!(
+            TapOptions::new().iff_flags(),
+            tun::IFF_TAP | tun::IFF_NO_PI | tun::IFF_VNET_HDR
+        );
+    }
+
+    #[test]
+    fn bad_names_are_refused_before_the_kernel() {
+        let o = TapOptions::new();
+        assert!(matches!(
+            Tap::create("", &o),
+            Err(TapError::InvalidName { .. })
+        ));
+        assert!(matches!(
+            Tap::attach("much-too-long-name", &o),
+            Err(TapError::InvalidName { .. })
+        ));
+    }
+}
