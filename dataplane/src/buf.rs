@@ -12,8 +12,9 @@ use crate::flow::FlowKey;
 /// IPIP 20 net, and an ICMP error 28 more than the frame it quotes).
 pub const HEADROOM: usize = 128;
 
-/// Default buffer size: headroom plus a full 1500-byte-MTU Ethernet frame, rounded up.
-pub const DEFAULT_BUF_SIZE: usize = 2048;
+/// Default buffer size: headroom plus a full 1500-byte-MTU Ethernet frame plus
+/// a VLAN tag, rounded up to a [`SIZE_CLASSES`] entry.
+pub const DEFAULT_BUF_SIZE: usize = 2240;
 
 /// The most packets one batch carries (VPP's frame size).
 pub const MAX_BATCH: usize = 256;
@@ -82,12 +83,32 @@ impl Meta {
     pub const FLAG_FROM_TUNNEL: u8 = 1 << 1;
 }
 
-/// One packet: a buffer, the window of it that holds the frame, and metadata.
-pub struct Packet {
-    buf: Box<[u8]>,
+/// A packet buffer: metadata, then the data area (headroom + frame). The
+/// metadata lives in the buffer, as in VPP's `vlib_buffer_t` and DPDK's mbuf,
+/// so a [`Packet`] is one pointer wide and moving it between queues is cheap.
+pub struct Buf<D: ?Sized = [u8]> {
     head: u32,
     len: u32,
     pub meta: Meta,
+    data: D,
+}
+
+/// One packet: an owned buffer. Derefs to [`Buf`] for the frame and metadata.
+pub struct Packet(Box<Buf>);
+
+impl std::ops::Deref for Packet {
+    type Target = Buf;
+    #[inline(always)]
+    fn deref(&self) -> &Buf {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Packet {
+    #[inline(always)]
+    fn deref_mut(&mut self) -> &mut Buf {
+        &mut self.0
+    }
 }
 
 impl std::fmt::Debug for Packet {
@@ -100,35 +121,55 @@ impl std::fmt::Debug for Packet {
     }
 }
 
-impl Packet {
-    /// A packet with its own buffer of `size` bytes. Only the pool calls this
-    /// outside tests: the fast path never allocates.
-    pub fn with_capacity(size: usize) -> Packet {
-        assert!(
-            size > HEADROOM && u32::try_from(size).is_ok(),
-            "buffer size {size}"
-        );
-        Packet {
-            buf: vec![0u8; size].into_boxed_slice(),
-            head: HEADROOM as u32,
-            len: 0,
-            meta: Meta::default(),
-        }
-    }
+/// Data-area sizes buffers come in. None is a multiple of 4 KiB (nor close to
+/// one), so consecutive buffers' headers do not all land in the same few L1
+/// cache sets, which a power-of-two stride would cause (DPDK pads its mbufs for
+/// the same reason).
+pub const SIZE_CLASSES: [usize; 4] = [448, 2240, 9408, 65728];
 
+impl Packet {
+    /// A packet with its own buffer of at least `size` data bytes (headroom
+    /// included), rounded up to a size class. Only the pool calls this outside
+    /// tests: the fast path never allocates.
+    pub fn with_capacity(size: usize) -> Packet {
+        macro_rules! class {
+            ($n:expr) => {
+                if size <= $n {
+                    let b: Box<Buf> = Box::new(Buf {
+                        head: HEADROOM as u32,
+                        len: 0,
+                        meta: Meta::default(),
+                        data: [0u8; $n],
+                    });
+                    return Packet(b);
+                }
+            };
+        }
+        class!(448);
+        class!(2240);
+        class!(9408);
+        class!(65728);
+        panic!(
+            "buffer size {size} is over the largest class {}",
+            SIZE_CLASSES[3]
+        );
+    }
+}
+
+impl Buf {
     /// The frame.
-    #[inline]
+    #[inline(always)]
     pub fn data(&self) -> &[u8] {
-        &self.buf[self.head as usize..(self.head + self.len) as usize]
+        &self.data[self.head as usize..(self.head + self.len) as usize]
     }
 
     /// The frame, writable.
-    #[inline]
+    #[inline(always)]
     pub fn data_mut(&mut self) -> &mut [u8] {
-        &mut self.buf[self.head as usize..(self.head + self.len) as usize]
+        &mut self.data[self.head as usize..(self.head + self.len) as usize]
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn len(&self) -> usize {
         self.len as usize
     }
@@ -147,7 +188,13 @@ impl Packet {
     /// The largest frame this buffer holds with the standard headroom.
     #[inline]
     pub fn capacity(&self) -> usize {
-        self.buf.len() - HEADROOM
+        self.data.len() - HEADROOM
+    }
+
+    /// Size of the whole data area (its size class).
+    #[inline]
+    pub fn buf_size(&self) -> usize {
+        self.data.len()
     }
 
     /// Empties the packet and restores the standard headroom and clean metadata.
@@ -158,28 +205,30 @@ impl Packet {
         self.meta = Meta::default();
     }
 
-    /// Copies `frame` in at the standard headroom. False (and the packet unchanged
-    /// but empty) if it does not fit.
+    /// Copies `frame` in at the standard headroom (metadata untouched). False,
+    /// and the packet empty, if it does not fit.
     #[inline]
     pub fn load(&mut self, frame: &[u8]) -> bool {
-        self.reset();
+        self.head = HEADROOM as u32;
         if frame.len() > self.capacity() {
+            self.len = 0;
             return false;
         }
-        self.buf[HEADROOM..HEADROOM + frame.len()].copy_from_slice(frame);
+        self.data[HEADROOM..HEADROOM + frame.len()].copy_from_slice(frame);
         self.len = frame.len() as u32;
         true
     }
 
     /// The whole area after the headroom, for a port to receive into; follow with
-    /// [`Packet::set_received`].
+    /// [`Buf::set_received`].
     #[inline]
     pub fn rx_area(&mut self) -> &mut [u8] {
-        self.reset();
-        &mut self.buf[HEADROOM..]
+        self.head = HEADROOM as u32;
+        self.len = 0;
+        &mut self.data[HEADROOM..]
     }
 
-    /// Marks `len` bytes written into [`Packet::rx_area`] as the frame.
+    /// Marks `len` bytes written into [`Buf::rx_area`] as the frame.
     #[inline]
     pub fn set_received(&mut self, len: usize) {
         debug_assert!(len <= self.capacity());
@@ -189,18 +238,18 @@ impl Packet {
 
     /// Grows the frame by `n` bytes at the front and returns them. `None` if the
     /// headroom is too small (the packet is unchanged).
-    #[inline]
+    #[inline(always)]
     pub fn prepend(&mut self, n: usize) -> Option<&mut [u8]> {
         if n > self.head as usize {
             return None;
         }
         self.head -= n as u32;
         self.len += n as u32;
-        Some(&mut self.buf[self.head as usize..self.head as usize + n])
+        Some(&mut self.data[self.head as usize..self.head as usize + n])
     }
 
     /// Removes `n` bytes from the front. False (unchanged) if the frame is shorter.
-    #[inline]
+    #[inline(always)]
     pub fn strip(&mut self, n: usize) -> bool {
         if n > self.len as usize {
             return false;
@@ -211,7 +260,7 @@ impl Packet {
     }
 
     /// Shortens the frame to `len` bytes (no-op if already shorter).
-    #[inline]
+    #[inline(always)]
     pub fn truncate(&mut self, len: usize) {
         if len < self.len as usize {
             self.len = len as u32;
@@ -222,7 +271,7 @@ impl Packet {
     /// buffer has no room.
     #[inline]
     pub fn extend(&mut self, n: usize) -> bool {
-        if (self.head + self.len) as usize + n > self.buf.len() {
+        if (self.head + self.len) as usize + n > self.data.len() {
             return false;
         }
         self.len += n as u32;
@@ -239,8 +288,10 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// `count` buffers of `buf_size` bytes each, all allocated now.
+    /// `count` buffers of `buf_size` bytes (rounded up to a size class), all
+    /// allocated now.
     pub fn new(count: usize, buf_size: usize) -> Pool {
+        let buf_size = Packet::with_capacity(buf_size).buf_size();
         let free = (0..count)
             .map(|_| Packet::with_capacity(buf_size))
             .collect();
@@ -255,7 +306,8 @@ impl Pool {
     #[inline]
     pub fn alloc(&mut self) -> Option<Packet> {
         let mut p = self.free.pop()?;
-        p.reset();
+        p.head = HEADROOM as u32;
+        p.len = 0;
         Some(p)
     }
 
@@ -263,7 +315,7 @@ impl Pool {
     /// only if this pool has room for it, so a pool never grows past its size.
     #[inline]
     pub fn free(&mut self, p: Packet) {
-        if self.free.len() < self.total && p.buf.len() == self.buf_size {
+        if self.free.len() < self.total && p.data.len() == self.buf_size {
             self.free.push(p);
         }
     }
@@ -284,7 +336,7 @@ impl Pool {
     /// Gives back every packet of `batch`, leaving it empty.
     pub fn free_batch(&mut self, batch: &mut Batch) {
         for p in batch.pkts.drain(..) {
-            if self.free.len() < self.total && p.buf.len() == self.buf_size {
+            if self.free.len() < self.total && p.data.len() == self.buf_size {
                 self.free.push(p);
             }
         }
@@ -402,9 +454,9 @@ mod tests {
         pool.free(Packet::with_capacity(512));
         assert_eq!(pool.available(), 2);
         // A foreign-size buffer is not adopted.
-        let mut small = Pool::new(1, 512);
+        let mut small = Pool::new(1, 300);
         let x = small.alloc().unwrap();
-        let mut other = Pool::new(0, 1024);
+        let mut other = Pool::new(0, 2000);
         other.free(x);
         assert_eq!(other.available(), 0);
     }
@@ -412,7 +464,7 @@ mod tests {
     #[test]
     fn oversize_load_is_refused() {
         let mut p = Packet::with_capacity(256);
-        assert!(!p.load(&[0u8; 200]));
+        assert!(!p.load(&[0u8; 400]));
         assert!(p.is_empty());
     }
 }

@@ -244,16 +244,17 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
         self.set_checksum(c);
     }
 
-    /// Decrements the TTL and patches the checksum incrementally (RFC 1624).
-    /// The caller checks `ttl() > 1` first.
-    #[inline]
+    /// Decrements the TTL and patches the checksum incrementally. The caller
+    /// checks `ttl() > 1` first. TTL is the high byte of its 16-bit word, so the
+    /// checksum grows by 0x0100 in one's-complement arithmetic (RFC 1141; the
+    /// RFC 1624 corner case only picks between the two encodings of zero, both
+    /// of which verify).
+    #[inline(always)]
     pub fn decrement_ttl(&mut self) {
         let b = self.buffer.as_mut();
-        let old = u16::from_be_bytes([b[field::TTL], b[field::PROTOCOL]]);
         b[field::TTL] = b[field::TTL].wrapping_sub(1);
-        let new = u16::from_be_bytes([b[field::TTL], b[field::PROTOCOL]]);
-        let c = checksum::update16(be16(b, field::CHECKSUM), old, new);
-        put16(b, field::CHECKSUM, c);
+        let sum = u32::from(be16(b, field::CHECKSUM)) + 0x0100;
+        put16(b, field::CHECKSUM, (sum + (sum >> 16)) as u16);
     }
 
     #[inline]
