@@ -1,3 +1,11 @@
 //! Sluice's node agent: configuration, IPAM and state, the API, the daemon.
 
 pub mod api;
+#[cfg(feature = "daemon")]
+pub mod ipam;
+#[cfg(feature = "daemon")]
+pub mod store;
+#[cfg(feature = "daemon")]
+pub mod daemon;
+#[cfg(feature = "daemon")]
+pub mod policy;

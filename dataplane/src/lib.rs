@@ -12,6 +12,7 @@ pub mod pcap;
 pub mod pipeline;
 pub mod policy;
 pub mod port;
+pub mod runtime;
 pub mod stage;
 pub mod sys;
 pub mod table;

@@ -107,6 +107,7 @@ pub fn node_a(mode: Mode, extra_routes: usize, extra_endpoints: usize) -> TableH
         tunnels: Arc::new(TunnelTable::new(vec![tun], [NODE_B])),
         endpoints: Arc::new(EndpointTable::new(eps).expect("distinct endpoints")),
         node: Arc::new(node),
+        policy: Arc::default(),
         generation: 0,
     };
     TableHandle::new(t)

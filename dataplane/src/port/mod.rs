@@ -10,7 +10,9 @@ use std::os::fd::RawFd;
 
 use crate::buf::{Batch, Pool};
 
+pub mod packet;
 pub mod tap;
+pub mod xdp;
 
 /// A source and sink of Ethernet frames, driven in batches.
 pub trait Port {
@@ -30,6 +32,12 @@ pub trait Port {
     /// epoll when idle; `None` for ports that cannot wake a sleeper.
     fn rx_fd(&self) -> Option<RawFd> {
         None
+    }
+
+    /// Removes the device behind the port for good (a persistent TAP is
+    /// otherwise kept when the port is dropped). Default: just drop.
+    fn destroy(self: Box<Self>) -> io::Result<()> {
+        Ok(())
     }
 }
 

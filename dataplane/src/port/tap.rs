@@ -400,6 +400,10 @@ impl Port for Tap {
         &self.name
     }
 
+    fn destroy(self: Box<Self>) -> io::Result<()> {
+        self.delete()
+    }
+
     fn rx_burst(&mut self, pool: &mut Pool, batch: &mut Batch, max: usize) -> io::Result<usize> {
         let mut got = 0;
         while got < max && !batch.is_full() {

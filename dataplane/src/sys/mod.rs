@@ -5,9 +5,13 @@
 //! Only [`tun`] holds `unsafe` (its ioctls). Everything here is control path except
 //! the frame reads and writes that [`crate::port::tap::Tap`] does on a TUN fd.
 
+pub mod bpf;
+pub mod bpf_classic;
 pub mod link;
 pub mod netns;
+pub mod packet;
 pub mod tun;
+pub mod xsk;
 
 /// Longest interface name Linux takes (`IFNAMSIZ` less its NUL).
 pub const IFNAME_MAX: usize = 15;

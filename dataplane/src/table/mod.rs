@@ -138,6 +138,8 @@ pub struct Tables {
     pub endpoints: Arc<EndpointTable>,
     pub routes: Arc<RouteTable>,
     pub tunnels: Arc<TunnelTable>,
+    /// NetworkPolicy of the local endpoints (default: none isolated).
+    pub policy: Arc<crate::policy::PolicyTables>,
     /// Increases with every published snapshot.
     pub generation: u64,
 }
@@ -150,6 +152,7 @@ impl Tables {
             endpoints: Arc::default(),
             routes: Arc::default(),
             tunnels: Arc::default(),
+            policy: Arc::default(),
             generation: 0,
         }
     }

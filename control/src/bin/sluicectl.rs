@@ -1,0 +1,191 @@
+//! sluicectl: the operator's command line for a node's sluiced.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use sluice_control::api::{Answer, Client, ClientError, Request, CONNECT_TIMEOUT, DEFAULT_SOCKET};
+
+#[derive(Parser, Debug)]
+#[command(name = "sluicectl", version, about = "Operate a node's Sluice daemon (sluiced)")]
+struct Cli {
+    /// sluiced's API socket.
+    #[arg(long, global = true, default_value = DEFAULT_SOCKET, env = "SLUICE_SOCKET")]
+    socket: PathBuf,
+    /// Print raw JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Node, mode, backend, workers, pods, peers, uptime, last error.
+    Status,
+    /// Local pods and their addresses.
+    Endpoints,
+    /// The routing table.
+    Routes,
+    /// Known peer nodes.
+    Nodes,
+    /// Per-port and per-worker counters, drops by reason.
+    Stats,
+    /// Apply Kubernetes objects (Node, Namespace, Pod, NetworkPolicy) from YAML or JSON.
+    Apply {
+        /// File to read, or - for standard input.
+        #[arg(short = 'f', long = "filename")]
+        file: String,
+    },
+    /// Delete Kubernetes objects named in YAML or JSON.
+    Delete {
+        #[arg(short = 'f', long = "filename")]
+        file: String,
+    },
+}
+
+fn read_input(f: &str) -> Result<String, String> {
+    if f == "-" {
+        let mut s = String::new();
+        std::io::stdin().read_to_string(&mut s).map_err(|e| format!("reading standard input: {e}"))?;
+        Ok(s)
+    } else {
+        std::fs::read_to_string(f).map_err(|e| format!("reading {f}: {e}"))
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let req = match &cli.cmd {
+        Cmd::Status => Request::Status,
+        Cmd::Endpoints => Request::Endpoints,
+        Cmd::Routes => Request::Routes,
+        Cmd::Nodes => Request::Nodes,
+        Cmd::Stats => Request::Stats,
+        Cmd::Apply { file } | Cmd::Delete { file } => {
+            let documents = match read_input(file) {
+                Ok(d) => d,
+                Err(e) => {
+                    eprintln!("sluicectl: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            if matches!(cli.cmd, Cmd::Apply { .. }) {
+                Request::Apply { documents }
+            } else {
+                Request::Delete { documents }
+            }
+        }
+    };
+    let mut client = match Client::connect(&cli.socket, CONNECT_TIMEOUT) {
+        Ok(c) => c,
+        Err(e) => return fail_connect(&cli.socket, &e),
+    };
+    match client.call(&req) {
+        Ok(resp) => match resp.into_result() {
+            Ok(answer) => {
+                print_answer(&cli, answer);
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("sluicectl: sluiced refused: {} (code {})", e.msg, e.code);
+                if let Some(d) = e.details {
+                    eprintln!("  {d}");
+                }
+                ExitCode::from(1)
+            }
+        },
+        Err(e) => fail_connect(&cli.socket, &e),
+    }
+}
+
+fn fail_connect(socket: &std::path::Path, e: &ClientError) -> ExitCode {
+    if e.is_unreachable() {
+        eprintln!(
+            "sluicectl: sluiced is not running (nothing answers on {}): start it, or pass --socket",
+            socket.display()
+        );
+    } else {
+        eprintln!("sluicectl: talking to sluiced on {}: {e}", socket.display());
+    }
+    ExitCode::from(3)
+}
+
+fn print_answer(cli: &Cli, answer: Answer) {
+    let v = match answer {
+        Answer::Json(v) => v,
+        Answer::Done => {
+            println!("ok");
+            return;
+        }
+        other => serde_json::to_value(&other).unwrap_or_default(),
+    };
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        return;
+    }
+    match &cli.cmd {
+        Cmd::Status => {
+            if let Some(o) = v.as_object() {
+                for (k, val) in o {
+                    println!("{k:<18} {}", scalar(val));
+                }
+            }
+        }
+        Cmd::Endpoints => table(&v, &["namespace", "pod", "ip", "mac", "ifname", "tap", "port", "container_id"]),
+        Cmd::Routes => table(&v, &["prefix", "next_hop", "via"]),
+        Cmd::Nodes => table(&v, &["name", "node_ip", "pod_cidr", "mode", "vtep_mac", "next_hop_mac", "source"]),
+        Cmd::Stats => {
+            println!("COUNTERS");
+            if let Some(o) = v["counters"].as_object() {
+                for (k, val) in o {
+                    println!("  {k:<18} {}", scalar(val));
+                }
+            }
+            println!("DROPS");
+            match v["drops"].as_object() {
+                Some(o) if !o.is_empty() => {
+                    for (k, val) in o {
+                        println!("  {k:<24} {}", scalar(val));
+                    }
+                }
+                _ => println!("  (none)"),
+            }
+            println!("PORTS");
+            table(&v["ports"], &["port", "name", "worker", "rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "tx_dropped"]);
+            println!("WORKERS");
+            table(&v["workers"], &["worker", "busy_polls", "idle_polls", "sleeps", "rx_packets", "drops"]);
+        }
+        _ => println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default()),
+    }
+}
+
+fn scalar(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Null => "-".into(),
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn table(v: &serde_json::Value, cols: &[&str]) {
+    let rows: Vec<Vec<String>> = v
+        .as_array()
+        .map(|a| a.iter().map(|r| cols.iter().map(|c| scalar(&r[*c])).collect()).collect())
+        .unwrap_or_default();
+    let mut w: Vec<usize> = cols.iter().map(|c| c.len()).collect();
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            w[i] = w[i].max(c.len());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let s: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{c:<width$}", width = w[i])).collect();
+        println!("{}", s.join("  ").trim_end());
+    };
+    line(cols.iter().map(|c| c.to_uppercase()).collect());
+    for r in rows {
+        line(r);
+    }
+}

@@ -1,0 +1,625 @@
+//! The node agent: the single owner of the node's desired state (attachments,
+//! addresses, peers, applied objects). It persists that state, turns it into
+//! dataplane tables, and serves the API. Every change goes through one lock;
+//! the fast path never takes it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::json;
+use sluice_dataplane::buf::PortId;
+use sluice_dataplane::drop::DropReason;
+use sluice_dataplane::runtime::Runtime;
+use sluice_dataplane::stage::Counters;
+use sluice_dataplane::table::{
+    Endpoint, EndpointTable, Mode, NextHop, NodeParams, Owner, Prefix, RouteTable, TableHandle, Tables, Tunnel,
+    TunnelId, TunnelTable, GATEWAY_IP,
+};
+use sluice_dataplane::wire::MacAddr;
+
+use super::net::{self, UplinkInfo};
+use super::pod;
+use super::Settings;
+use crate::api::{code, Answer, ApiError, Attachment, AttachmentKey, CniAttach, CniDetach, Request, RouteSpec};
+use crate::ipam::{Ipam, IpamError};
+use crate::store::{EndpointRecord, StateFile, Store};
+
+/// A peer node: where its pods are and how to reach it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub name: String,
+    pub node_ip: Ipv4Addr,
+    pub pod_cidr: Prefix,
+    pub vtep_mac: MacAddr,
+    /// How to reach it (the node's mode unless the peer says otherwise).
+    pub mode: Mode,
+    /// Where the peer came from: "config" or "api".
+    pub source: &'static str,
+}
+
+/// A local attachment.
+#[derive(Debug, Clone)]
+struct Ep {
+    rec: EndpointRecord,
+    mac: MacAddr,
+    /// `None` while its namespace is gone (kept until DEL or GC frees it).
+    port: Option<PortId>,
+}
+
+struct State {
+    store: Store,
+    file: StateFile,
+    ipam: Ipam,
+    eps: BTreeMap<AttachmentKey, Ep>,
+    free_ports: BTreeSet<u16>,
+    next_port: u16,
+    peers: BTreeMap<String, Peer>,
+    /// Resolved next-hop MACs of peers, by peer node IP.
+    neigh: BTreeMap<Ipv4Addr, MacAddr>,
+    last_error: Option<String>,
+    cni_ops: BTreeMap<&'static str, u64>,
+}
+
+/// The agent, shared by the API server threads and the control loop.
+pub struct Agent {
+    pub settings: Settings,
+    pub uplink: UplinkInfo,
+    pub tables: TableHandle,
+    pub runtime: Runtime,
+    pub backend: String,
+    pub backend_reason: String,
+    host_mac: Option<MacAddr>,
+    started: Instant,
+    state: Mutex<State>,
+}
+
+type ApiResult = Result<Answer, ApiError>;
+
+fn now_unix() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+impl Agent {
+    /// Opens the state, restores attachments (re-attaching their TAPs) and
+    /// publishes the first tables.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        settings: Settings,
+        uplink: UplinkInfo,
+        tables: TableHandle,
+        runtime: Runtime,
+        backend: String,
+        backend_reason: String,
+        host_mac: Option<MacAddr>,
+    ) -> Result<Arc<Agent>, super::DaemonError> {
+        let (store, file) = Store::open(&settings.state_dir, &settings.node_name, settings.pod_cidr)?;
+        let outcome = format!("{:?}", store.outcome());
+        let reserved: Vec<Ipv4Addr> = Vec::new();
+        let ipam = Ipam::new([settings.pod_cidr], reserved).map_err(|e| super::DaemonError::Ipam(e.to_string()))?;
+        let mut st = State {
+            store,
+            file,
+            ipam,
+            eps: BTreeMap::new(),
+            free_ports: BTreeSet::new(),
+            next_port: PortId::FIRST_POD.0,
+            peers: BTreeMap::new(),
+            neigh: BTreeMap::new(),
+            last_error: None,
+            cni_ops: BTreeMap::new(),
+        };
+        st.ipam.set_last_allocated(st.file.last_allocated);
+        for p in &settings.peers {
+            st.peers.insert(
+                p.name.clone(),
+                Peer {
+                    name: p.name.clone(),
+                    node_ip: p.node_ip,
+                    pod_cidr: p.pod_cidr,
+                    vtep_mac: p.vtep_mac.unwrap_or_else(|| sluice_dataplane::table::default_vtep_mac(p.node_ip)),
+                    mode: settings.mode,
+                    source: "config",
+                },
+            );
+        }
+        let agent = Arc::new(Agent {
+            settings,
+            uplink,
+            tables,
+            runtime,
+            backend,
+            backend_reason,
+            host_mac,
+            started: Instant::now(),
+            state: Mutex::new(st),
+        });
+        {
+            let mut st = agent.lock();
+            tracing::info!(state = %outcome, records = st.file.endpoints.len(), "state loaded");
+            let records = st.file.endpoints.clone();
+            for rec in records {
+                agent.restore(&mut st, rec);
+            }
+            agent.refresh_neighbours(&mut st);
+            agent.publish(&st);
+        }
+        Ok(agent)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn restore(&self, st: &mut State, rec: EndpointRecord) {
+        if let Err(e) = st.ipam.restore(&rec.key, rec.ip) {
+            tracing::error!(container = %rec.key.container_id, ip = %rec.ip, error = %e, "stored attachment conflicts; skipped");
+            return;
+        }
+        let mac = rec.mac.parse().unwrap_or_else(|_| pod::pod_mac(rec.ip));
+        let port = match pod::reattach(&rec.netns, &rec.ifname) {
+            Ok(tap) => {
+                let id = alloc_port(st);
+                match self.runtime.add_port(id, Box::new(tap)) {
+                    Ok(()) => Some(id),
+                    Err(e) => {
+                        st.free_ports.insert(id.0);
+                        tracing::error!(container = %rec.key.container_id, error = %e, "re-attach failed");
+                        None
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(container = %rec.key.container_id, netns = %rec.netns, error = %e,
+                    "pod interface not found; address kept until DEL or GC");
+                None
+            }
+        };
+        tracing::info!(container = %rec.key.container_id, ip = %rec.ip, attached = port.is_some(), "attachment restored");
+        st.eps.insert(rec.key.clone(), Ep { rec, mac, port });
+    }
+
+    /// Builds and publishes the tables from the state.
+    fn publish(&self, st: &State) {
+        let s = &self.settings;
+        let mut node = NodeParams::new(s.mode, s.node_ip, self.uplink.mac, self.uplink.mtu);
+        node.pod_mtu = s.pod_mtu;
+        node.vtep_mac = s.vtep_mac;
+        node.vni = s.vni;
+        node.vxlan_port = s.vxlan_port;
+        node.host_mac = self.host_mac;
+        let mut routes = Vec::new();
+        if self.host_mac.is_some() {
+            routes.push((Prefix::new(Ipv4Addr::UNSPECIFIED, 0).expect("/0"), NextHop::Host));
+        }
+        // Unassigned parts of the cluster range go nowhere (the host routes the
+        // whole range to us: sending them back would loop).
+        routes.push((s.cluster_cidr, NextHop::Drop));
+        routes.push((s.pod_cidr, NextHop::Local));
+        let mut tunnels = Vec::new();
+        for p in st.peers.values() {
+            let id = TunnelId(tunnels.len() as u32);
+            let nh = st.neigh.get(&p.node_ip).copied();
+            let (t, hop) = match p.mode {
+                Mode::Vxlan => (Tunnel::vxlan(&node, p.node_ip, p.vtep_mac, nh), NextHop::Vxlan(id)),
+                Mode::Ipip => (Tunnel::ipip(&node, p.node_ip, nh), NextHop::Ipip(id)),
+                Mode::Native => (Tunnel::native(&node, p.node_ip, nh), NextHop::Native(id)),
+            };
+            node.accept_vxlan |= p.mode == Mode::Vxlan;
+            node.accept_ipip |= p.mode == Mode::Ipip;
+            tunnels.push(t);
+            routes.push((p.pod_cidr, hop));
+        }
+        let eps: Vec<Endpoint> = st
+            .eps
+            .values()
+            .filter_map(|e| {
+                Some(Endpoint {
+                    ip: e.rec.ip,
+                    mac: e.mac,
+                    port: e.port?,
+                    owner: Owner {
+                        namespace: e.rec.pod_namespace.as_deref().unwrap_or("").into(),
+                        name: e.rec.pod_name.as_deref().unwrap_or("").into(),
+                        container_id: e.rec.key.container_id.as_str().into(),
+                    },
+                })
+            })
+            .collect();
+        let endpoints = match EndpointTable::new(eps) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(error = %e, "endpoint table rejected; keeping the previous one");
+                return;
+            }
+        };
+        let sources: Vec<Ipv4Addr> = st.peers.values().map(|p| p.node_ip).collect();
+        let t = self.tables.update(|cur| Tables {
+            node: Arc::new(node),
+            endpoints: Arc::new(endpoints),
+            routes: Arc::new(RouteTable::new(routes)),
+            tunnels: Arc::new(TunnelTable::new(tunnels, sources)),
+            ..cur.clone()
+        });
+        tracing::debug!(generation = t.generation, routes = t.routes.len(), endpoints = t.endpoints.len(), "tables published");
+    }
+
+    /// Looks up next-hop MACs of every peer; true if any changed.
+    fn refresh_neighbours(&self, st: &mut State) -> bool {
+        let mut changed = false;
+        let ips: Vec<Ipv4Addr> = st.peers.values().map(|p| p.node_ip).collect();
+        for ip in ips {
+            let mac = net::next_hop(&self.uplink, ip).and_then(|hop| {
+                let m = net::neighbour(&self.uplink.name, hop);
+                if m.is_none() {
+                    net::trigger_resolution(hop);
+                }
+                m
+            });
+            let old = st.neigh.get(&ip).copied();
+            if old != mac {
+                changed = true;
+                match mac {
+                    Some(m) => {
+                        tracing::info!(peer = %ip, mac = %m, "next hop resolved");
+                        st.neigh.insert(ip, m);
+                    }
+                    None => {
+                        st.neigh.remove(&ip);
+                    }
+                }
+            }
+        }
+        changed
+    }
+
+    /// Periodic work of the control loop.
+    pub fn tick(&self) {
+        let mut st = self.lock();
+        if self.refresh_neighbours(&mut st) {
+            self.publish(&st);
+        }
+    }
+
+    fn save(&self, st: &mut State) -> Result<(), ApiError> {
+        st.file.endpoints = st.eps.values().map(|e| e.rec.clone()).collect();
+        st.file.last_allocated = st.ipam.last_allocated();
+        let file = st.file.clone();
+        st.store
+            .save(&file)
+            .map(|_| ())
+            .map_err(|e| ApiError::new(code::IO_FAILURE, format!("saving node state: {e}")))
+    }
+
+    /// Serves one API request.
+    pub fn handle(&self, req: Request) -> ApiResult {
+        match req {
+            Request::CniAdd(a) => self.timed("add", || self.cni_add(a)),
+            Request::CniDel(d) => self.timed("del", || self.cni_del(d)),
+            Request::CniCheck(a) => self.timed("check", || self.cni_check(a)),
+            Request::CniStatus => Ok(Answer::Ready { ready: true, reason: None }),
+            Request::CniGc { valid_attachments } => self.timed("gc", || self.cni_gc(valid_attachments)),
+            Request::Status => Ok(Answer::Json(self.status())),
+            Request::Endpoints => Ok(Answer::Json(self.endpoints_view())),
+            Request::Routes => Ok(Answer::Json(self.routes_view())),
+            Request::Nodes => Ok(Answer::Json(self.nodes_view())),
+            Request::Stats => Ok(Answer::Json(self.stats_view())),
+            Request::Apply { documents } => self.apply(&documents, true),
+            Request::Delete { documents } => self.apply(&documents, false),
+        }
+    }
+
+    fn timed(&self, op: &'static str, f: impl FnOnce() -> ApiResult) -> ApiResult {
+        let t = Instant::now();
+        let r = f();
+        let mut st = self.lock();
+        *st.cni_ops.entry(op).or_default() += 1;
+        if let Err(e) = &r {
+            st.last_error = Some(format!("CNI {op}: {}", e.msg));
+        }
+        drop(st);
+        tracing::debug!(op, elapsed_us = t.elapsed().as_micros() as u64, ok = r.is_ok(), "cni");
+        r
+    }
+
+    fn cni_add(&self, a: CniAttach) -> ApiResult {
+        let key = AttachmentKey { container_id: a.container_id.clone(), ifname: a.ifname.clone() };
+        let mut st = self.lock();
+        if let Some(e) = st.eps.get(&key) {
+            return Err(ApiError::new(
+                code::ALREADY_ATTACHED,
+                format!(
+                    "container {} interface {} is already attached with {}: expected DEL before another ADD",
+                    key.container_id, key.ifname, e.rec.ip
+                ),
+            ));
+        }
+        let pod_mtu = u32::from(self.settings.pod_mtu);
+        let mtu = a.mtu.unwrap_or(pod_mtu);
+        if !(576..=pod_mtu).contains(&mtu) {
+            return Err(ApiError::new(
+                code::INVALID_CONFIG,
+                format!("mtu {mtu} is not usable on this node: expected 576..={pod_mtu} (uplink MTU minus the {} overhead)", self.settings.mode),
+            ));
+        }
+        let ip = st.ipam.allocate(&key).map_err(|e| match e {
+            IpamError::Exhausted { .. } => ApiError::new(code::POOL_EXHAUSTED, e.to_string()),
+            other => ApiError::new(code::INTERNAL, other.to_string()),
+        })?;
+        let wired = match pod::wire(&key, &a.netns, &a.ifname, ip, mtu) {
+            Ok(w) => w,
+            Err(e) => {
+                st.ipam.release(&key);
+                let c = match &e {
+                    pod::PodNetError::Netns { .. } => code::NETNS_UNUSABLE,
+                    pod::PodNetError::IfnameTaken { .. } => code::ALREADY_ATTACHED,
+                    _ => code::INTERFACE_FAILED,
+                };
+                return Err(ApiError::new(c, e.to_string()));
+            }
+        };
+        let tap_name = pod::tap_name(&key);
+        let port = alloc_port(&mut st);
+        if let Err(e) = self.runtime.add_port(port, Box::new(wired.tap)) {
+            // The tap went into the failed command; it was dropped by now, so
+            // take the device down through its name in the pod.
+            st.free_ports.insert(port.0);
+            st.ipam.release(&key);
+            let _ = pod::reattach(&a.netns, &a.ifname).map(|t| t.delete());
+            return Err(ApiError::new(code::INTERNAL, format!("attaching port: {e}")));
+        }
+        let rec = EndpointRecord {
+            key: key.clone(),
+            netns: a.netns.clone(),
+            ifname: a.ifname.clone(),
+            ip,
+            mac: wired.mac.to_string(),
+            tap: tap_name,
+            pod_namespace: a.pod.namespace.clone(),
+            pod_name: a.pod.name.clone(),
+            pod_uid: a.pod.uid.clone(),
+            created_unix: now_unix(),
+        };
+        st.eps.insert(key.clone(), Ep { rec, mac: wired.mac, port: Some(port) });
+        self.publish(&st);
+        if let Err(e) = self.save(&mut st) {
+            self.remove(&mut st, &key);
+            self.publish(&st);
+            return Err(e);
+        }
+        tracing::info!(container = %key.container_id, ifname = %key.ifname, %ip,
+            pod = %format!("{}/{}", a.pod.namespace.as_deref().unwrap_or("-"), a.pod.name.as_deref().unwrap_or("-")),
+            "pod attached");
+        Ok(Answer::Attached(attachment(&a.ifname, wired.mac, mtu, &a.netns, ip)))
+    }
+
+    /// Drops an attachment from the state and the dataplane (not saved).
+    fn remove(&self, st: &mut State, key: &AttachmentKey) -> Option<Ep> {
+        let ep = st.eps.remove(key)?;
+        if let Some(port) = ep.port {
+            self.publish(st);
+            if let Some(p) = self.runtime.remove_port(port) {
+                if let Err(e) = p.destroy() {
+                    tracing::debug!(error = %e, "TAP already gone");
+                }
+            }
+            st.free_ports.insert(port.0);
+        } else if let Ok(t) = pod::reattach(&ep.rec.netns, &ep.rec.ifname) {
+            let _ = t.delete();
+        }
+        st.ipam.release(key);
+        Some(ep)
+    }
+
+    fn cni_del(&self, d: CniDetach) -> ApiResult {
+        let key = AttachmentKey { container_id: d.container_id, ifname: d.ifname };
+        let mut st = self.lock();
+        let Some(ep) = self.remove(&mut st, &key) else {
+            return Ok(Answer::Done);
+        };
+        self.publish(&st);
+        self.save(&mut st)?;
+        tracing::info!(container = %key.container_id, ifname = %key.ifname, ip = %ep.rec.ip, "pod detached");
+        Ok(Answer::Done)
+    }
+
+    fn cni_check(&self, a: CniAttach) -> ApiResult {
+        let key = AttachmentKey { container_id: a.container_id.clone(), ifname: a.ifname.clone() };
+        let st = self.lock();
+        let Some(ep) = st.eps.get(&key) else {
+            return Err(ApiError::new(
+                code::UNKNOWN_CONTAINER,
+                format!("container {} interface {} is not attached", key.container_id, key.ifname),
+            ));
+        };
+        if ep.rec.netns != a.netns {
+            return Err(ApiError::new(
+                code::CHECK_FAILED,
+                format!("attachment is in {}, not {}", ep.rec.netns, a.netns),
+            ));
+        }
+        if ep.port.is_none() {
+            return Err(ApiError::new(code::CHECK_FAILED, "the pod interface is gone"));
+        }
+        pod::check(&ep.rec.netns, &ep.rec.ifname, ep.rec.ip, ep.mac).map_err(|m| ApiError::new(code::CHECK_FAILED, m))?;
+        let mtu = a.mtu.unwrap_or(u32::from(self.settings.pod_mtu));
+        Ok(Answer::Attached(attachment(&ep.rec.ifname, ep.mac, mtu, &ep.rec.netns, ep.rec.ip)))
+    }
+
+    fn cni_gc(&self, valid: Vec<AttachmentKey>) -> ApiResult {
+        let valid: BTreeSet<AttachmentKey> = valid.into_iter().collect();
+        let mut st = self.lock();
+        let stale: Vec<AttachmentKey> = st.eps.keys().filter(|k| !valid.contains(*k)).cloned().collect();
+        for k in &stale {
+            self.remove(&mut st, k);
+            tracing::info!(container = %k.container_id, ifname = %k.ifname, "stale attachment collected");
+        }
+        if !stale.is_empty() {
+            self.publish(&st);
+            self.save(&mut st)?;
+        }
+        Ok(Answer::Done)
+    }
+
+    fn apply(&self, _docs: &str, _apply: bool) -> ApiResult {
+        Err(ApiError::new(code::UNSUPPORTED_OP, "apply/delete are not available yet"))
+    }
+
+    /// Adds or replaces a peer (from a Node object) and republishes.
+    pub fn upsert_peer(&self, p: Peer) {
+        let mut st = self.lock();
+        if st.peers.get(&p.name) == Some(&p) {
+            return;
+        }
+        tracing::info!(peer = %p.name, node_ip = %p.node_ip, pod_cidr = %p.pod_cidr, "peer updated");
+        st.peers.insert(p.name.clone(), p);
+        self.refresh_neighbours(&mut st);
+        self.publish(&st);
+    }
+
+    pub fn remove_peer(&self, name: &str) -> bool {
+        let mut st = self.lock();
+        let gone = st.peers.remove(name).is_some();
+        if gone {
+            self.publish(&st);
+        }
+        gone
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let st = self.lock();
+        let s = &self.settings;
+        json!({
+            "node": s.node_name,
+            "mode": s.mode.as_str(),
+            "node_ip": s.node_ip.to_string(),
+            "pod_cidr": s.pod_cidr.to_string(),
+            "cluster_cidr": s.cluster_cidr.to_string(),
+            "uplink": s.uplink,
+            "uplink_mtu": self.uplink.mtu,
+            "pod_mtu": s.pod_mtu,
+            "vtep_mac": s.vtep_mac.to_string(),
+            "vni": s.vni,
+            "vxlan_port": s.vxlan_port,
+            "backend": self.backend,
+            "backend_reason": self.backend_reason,
+            "workers": self.runtime.workers(),
+            "uptime_s": self.started.elapsed().as_secs(),
+            "pods": st.eps.len(),
+            "pods_attached": st.eps.values().filter(|e| e.port.is_some()).count(),
+            "peers": st.peers.len(),
+            "addresses_free": st.ipam.free_count(),
+            "tables_generation": self.tables.load().generation,
+            "last_error": st.last_error,
+            "version": env!("CARGO_PKG_VERSION"),
+        })
+    }
+
+    fn endpoints_view(&self) -> serde_json::Value {
+        let st = self.lock();
+        let v: Vec<_> = st
+            .eps
+            .values()
+            .map(|e| {
+                json!({
+                    "container_id": e.rec.key.container_id,
+                    "ifname": e.rec.ifname,
+                    "ip": e.rec.ip.to_string(),
+                    "mac": e.rec.mac,
+                    "netns": e.rec.netns,
+                    "tap": e.rec.tap,
+                    "namespace": e.rec.pod_namespace,
+                    "pod": e.rec.pod_name,
+                    "port": e.port.map(|p| p.0),
+                    "attached": e.port.is_some(),
+                })
+            })
+            .collect();
+        json!(v)
+    }
+
+    fn routes_view(&self) -> serde_json::Value {
+        let t = self.tables.load();
+        let v: Vec<_> = t
+            .routes
+            .routes()
+            .iter()
+            .map(|(p, nh)| {
+                let via = nh.tunnel().and_then(|id| t.tunnels.get(id)).map(|tun| {
+                    json!({"remote": tun.remote.to_string(), "resolved": tun.is_resolved(),
+                           "next_hop_mac": tun.nh_mac.map(|m| m.to_string())})
+                });
+                json!({"prefix": p.to_string(), "next_hop": nh.to_string(), "via": via})
+            })
+            .collect();
+        json!(v)
+    }
+
+    fn nodes_view(&self) -> serde_json::Value {
+        let st = self.lock();
+        let v: Vec<_> = st
+            .peers
+            .values()
+            .map(|p| {
+                json!({"name": p.name, "node_ip": p.node_ip.to_string(), "pod_cidr": p.pod_cidr.to_string(),
+                       "vtep_mac": p.vtep_mac.to_string(), "mode": p.mode.as_str(), "source": p.source,
+                       "next_hop_mac": st.neigh.get(&p.node_ip).map(|m| m.to_string())})
+            })
+            .collect();
+        json!(v)
+    }
+
+    fn stats_view(&self) -> serde_json::Value {
+        self.runtime.wake_all();
+        let workers = self.runtime.stats();
+        let mut total = Counters::default();
+        let mut ports = Vec::new();
+        let mut per_worker = Vec::new();
+        for w in &workers {
+            total.add(&w.counters);
+            per_worker.push(json!({
+                "worker": w.worker, "busy_polls": w.busy_polls, "idle_polls": w.idle_polls,
+                "sleeps": w.sleeps, "rx_packets": w.counters.rx_packets, "drops": w.counters.total_drops(),
+                "handoff_out": w.handoff_out, "last_error": w.last_error,
+            }));
+            for (id, name, s) in &w.ports {
+                ports.push(json!({
+                    "port": id.to_string(), "name": name, "worker": w.worker,
+                    "rx_packets": s.rx_packets, "rx_bytes": s.rx_bytes, "tx_packets": s.tx_packets,
+                    "tx_bytes": s.tx_bytes, "tx_dropped": s.tx_dropped, "rx_errors": s.rx_errors, "tx_errors": s.tx_errors,
+                }));
+            }
+        }
+        let drops: serde_json::Map<String, serde_json::Value> = DropReason::ALL
+            .iter()
+            .filter(|r| total.drop_count(**r) > 0)
+            .map(|r| (r.name().to_owned(), json!(total.drop_count(*r))))
+            .collect();
+        let counters: serde_json::Map<String, serde_json::Value> =
+            total.named().iter().map(|(k, v)| ((*k).to_owned(), json!(v))).collect();
+        let cni = self.lock().cni_ops.clone();
+        json!({"counters": counters, "drops": drops, "ports": ports, "workers": per_worker, "cni_ops": cni})
+    }
+}
+
+fn alloc_port(st: &mut State) -> PortId {
+    if let Some(p) = st.free_ports.pop_first() {
+        return PortId(p);
+    }
+    let p = PortId(st.next_port);
+    st.next_port += 1;
+    p
+}
+
+fn attachment(ifname: &str, mac: MacAddr, mtu: u32, netns: &str, ip: Ipv4Addr) -> Attachment {
+    Attachment {
+        ifname: ifname.to_owned(),
+        mac: mac.to_string(),
+        mtu,
+        sandbox: netns.to_owned(),
+        address: format!("{ip}/32"),
+        gateway: GATEWAY_IP.to_string(),
+        routes: vec![RouteSpec { dst: "0.0.0.0/0".into(), gw: Some(GATEWAY_IP.to_string()) }],
+    }
+}

@@ -1,0 +1,170 @@
+//! sluiced: the node daemon. [`run`] brings a node up: uplink and host ports,
+//! workers, the agent with its restored state, the API socket; then it serves
+//! until told to stop, and shuts down leaving pods' interfaces in place.
+
+pub mod agent;
+pub mod net;
+pub mod notify;
+pub mod pod;
+pub mod server;
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sluice_dataplane::buf::PortId;
+use sluice_dataplane::policy::AllowAll;
+use sluice_dataplane::port::packet::{KernelSinks, PacketSocket, UplinkFilter};
+use sluice_dataplane::port::xdp::{XdpConfig, XdpUplink};
+use sluice_dataplane::runtime::{BoxPort, Runtime, RuntimeConfig};
+use sluice_dataplane::table::{Mode, NodeParams, Prefix, TableHandle, Tables};
+use sluice_dataplane::wire::MacAddr;
+
+/// Which uplink backend to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Backend {
+    /// AF_XDP when the kernel allows it, else kernel sockets.
+    #[default]
+    Auto,
+    AfXdp,
+    Socket,
+}
+
+/// A statically configured peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerSpec {
+    pub name: String,
+    pub node_ip: Ipv4Addr,
+    pub pod_cidr: Prefix,
+    pub vtep_mac: Option<MacAddr>,
+}
+
+/// Everything the daemon runs with, resolved (defaults filled from the host).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub node_name: String,
+    pub mode: Mode,
+    pub uplink: String,
+    pub node_ip: Ipv4Addr,
+    pub pod_cidr: Prefix,
+    pub cluster_cidr: Prefix,
+    pub vni: u32,
+    pub vxlan_port: u16,
+    pub pod_mtu: u16,
+    pub vtep_mac: MacAddr,
+    pub workers: usize,
+    pub backend: Backend,
+    pub state_dir: PathBuf,
+    pub api_socket: PathBuf,
+    pub host_port: bool,
+    pub host_ifname: String,
+    pub peers: Vec<PeerSpec>,
+}
+
+/// Why the daemon could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Net(#[from] net::NetError),
+    #[error("node state: {0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("address management: {0}")]
+    Ipam(String),
+    #[error("uplink backend {backend}: {reason}")]
+    Uplink { backend: &'static str, reason: String },
+    #[error("API socket {path}: {source}")]
+    Api { path: String, source: std::io::Error },
+    #[error("starting workers: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// Opens the uplink port with the configured backend.
+fn open_uplink(s: &Settings) -> Result<(BoxPort, String, String, Option<KernelSinks>), DaemonError> {
+    let vxlan = (s.mode == Mode::Vxlan).then_some(s.vxlan_port);
+    let ipip = s.mode == Mode::Ipip;
+    let native: Vec<(Ipv4Addr, u8)> = if s.mode == Mode::Native { vec![(s.pod_cidr.addr(), s.pod_cidr.prefix_len())] } else { vec![] };
+    let xdp_err = if s.backend != Backend::Socket {
+        let mut cfg = XdpConfig::new(s.node_ip);
+        cfg.vxlan_port = vxlan;
+        cfg.ipip = ipip;
+        cfg.native_prefixes = native;
+        match XdpUplink::open(&s.uplink, &cfg) {
+            Ok(x) => return Ok((Box::new(x), "af_xdp".into(), "AF_XDP socket bound".into(), None)),
+            Err(e) if s.backend == Backend::AfXdp => {
+                return Err(DaemonError::Uplink { backend: "af_xdp", reason: e.to_string() })
+            }
+            Err(e) => Some(e.to_string()),
+        }
+    } else {
+        None
+    };
+    // Kernel sockets. Native-mode pod traffic reaches us through the host port
+    // (the node routes pod CIDRs there), so the socket only takes tunnels.
+    let mut filter = UplinkFilter::new(s.node_ip);
+    filter.vxlan_port = vxlan;
+    filter.ipip = ipip;
+    let sock = PacketSocket::open(&s.uplink, &filter)
+        .map_err(|e| DaemonError::Uplink { backend: "socket", reason: e.to_string() })?;
+    let sinks = KernelSinks::open(s.node_ip, vxlan, ipip)
+        .map_err(|e| DaemonError::Uplink { backend: "socket", reason: e.to_string() })?;
+    let reason = match xdp_err {
+        Some(e) => format!("AF_XDP not available ({e}); using kernel sockets"),
+        None => "kernel sockets (configured)".into(),
+    };
+    Ok((Box::new(sock), "socket".into(), reason, Some(sinks)))
+}
+
+/// Runs the node until `stop` is set.
+pub fn run(s: Settings, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
+    let uplink = net::uplink_info(&s.uplink)?;
+    if s.host_port || s.mode == Mode::Native {
+        if let Err(e) = net::enable_forwarding() {
+            tracing::warn!(error = %e, "cannot enable IPv4 forwarding: pods will not reach outside the cluster");
+        }
+    }
+    let mut node = NodeParams::new(s.mode, s.node_ip, uplink.mac, uplink.mtu);
+    node.pod_mtu = s.pod_mtu;
+    let tables = TableHandle::new(Tables::new(node));
+    let rt_cfg = RuntimeConfig { workers: s.workers, ..RuntimeConfig::default() };
+    let runtime = Runtime::start(&rt_cfg, &tables, || AllowAll).map_err(DaemonError::Runtime)?;
+
+    let (up, backend, reason, _sinks) = open_uplink(&s)?;
+    tracing::info!(backend = %backend, reason = %reason, uplink = %s.uplink, "uplink backend chosen");
+    runtime.add_port(PortId::UPLINK, up).map_err(DaemonError::Runtime)?;
+    let host_mac = if s.host_port {
+        let h = net::host_port(&s.host_ifname, s.pod_mtu, s.pod_cidr, s.cluster_cidr)?;
+        runtime.add_port(PortId::HOST, Box::new(h.tap)).map_err(DaemonError::Runtime)?;
+        Some(h.mac)
+    } else {
+        None
+    };
+
+    let listener = server::bind(&s.api_socket)
+        .map_err(|source| DaemonError::Api { path: s.api_socket.display().to_string(), source })?;
+    let api_path = s.api_socket.clone();
+    let agent = agent::Agent::new(s, uplink, tables, runtime, backend, reason, host_mac)?;
+    let _server = server::Server::start(listener, api_path, agent.clone());
+    notify::ready();
+    tracing::info!(node = %agent.settings.node_name, mode = %agent.settings.mode, "sluiced ready");
+
+    let mut last_beat = agent.runtime.heartbeat();
+    let mut last_tick = Instant::now();
+    while !stop.load(Ordering::Acquire) {
+        std::thread::sleep(Duration::from_millis(100));
+        if last_tick.elapsed() >= Duration::from_millis(500) {
+            agent.tick();
+            last_tick = Instant::now();
+            // Feed the watchdog only while the workers are making progress.
+            let beat = agent.runtime.heartbeat();
+            if beat != last_beat {
+                notify::watchdog();
+            }
+            last_beat = beat;
+        }
+    }
+    notify::stopping();
+    tracing::info!("sluiced stopping; pod interfaces stay");
+    Ok(())
+}

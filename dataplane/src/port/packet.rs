@@ -1,0 +1,929 @@
+//! The uplink as a kernel socket: an `AF_PACKET` raw socket bound to the node's
+//! uplink, the portable fallback where AF_XDP is not available.
+//!
+//! # What it takes, and what it leaves to the kernel
+//! An `AF_PACKET` socket sees a *copy* of every frame; the kernel's own stack
+//! still gets the original. So [`PacketSocket`] carries a classic BPF filter,
+//! built from an [`UplinkFilter`], that keeps only Sluice's traffic and drops
+//! everything else in the kernel before it is copied:
+//! - VXLAN: IPv4 UDP to the node address and the VXLAN port, first fragments
+//!   only (a later fragment has no UDP header to match);
+//! - IPIP: IPv4 protocol 4 to the node address, first fragments only;
+//! - native: IPv4 to an address inside one of `native_prefixes`.
+//!
+//! and only frames addressed to this host (`PACKET_HOST`: no broadcasts, none
+//! seen only in promiscuous mode). The node's own traffic (ssh, kubelet, DNS,
+//! ping) never passes the filter and is untouched. Frames the socket sends are
+//! not read back (`PACKET_IGNORE_OUTGOING`).
+//!
+//! Because the kernel gets the original, a tunnel packet with no socket to
+//! take it would make the node answer with ICMP port or protocol unreachable.
+//! [`KernelSinks`] holds such sockets, each with a filter that drops
+//! everything, for as long as the daemon runs.
+//!
+//! # Native mode: pod prefixes are not taken by default
+//! In native mode, packets for this node's pods reach the kernel too, and the
+//! daemon routes the pod CIDRs to its host port, so the kernel forwards them to
+//! Sluice there. Taking them here as well would deliver each one twice, so
+//! `native_prefixes` is empty by default and the uplink socket is then used to
+//! send only. Set it only where the kernel does not forward them (forwarding
+//! off, or no such route).
+//!
+//! # Limits
+//! - One `recvmmsg(2)` per received burst and one `sendmmsg(2)` per sent batch;
+//!   every frame is still copied once each way. (The mmap rings of
+//!   `PACKET_RX_RING`/`PACKET_TX_RING` would save the copy; not done yet.)
+//! - Frames longer than a pool buffer are counted in
+//!   [`PacketStats::rx_truncated`] and dropped. Where the uplink's GRO merges
+//!   tunnelled TCP into superframes (the kernel does for IPIP), turn GRO off on
+//!   the uplink or use buffers of the largest size class.
+//! - Frames arrive as they were on the wire, except that a veth peer in another
+//!   namespace may hand over a UDP or TCP checksum that is still partial. The
+//!   outer UDP checksum of VXLAN is not checked by the decap stage, so only
+//!   native mode over veth is affected.
+//! - Untagged Ethernet uplinks only.
+//!
+//! The kernel calls themselves are in [`crate::sys::packet`].
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+
+use nix::errno::Errno;
+use nix::libc;
+use nix::sys::socket::{self as nsock, AddressFamily, SockFlag, SockType, SockaddrIn};
+
+use crate::buf::{Batch, Pool, MAX_BATCH};
+use crate::port::Port;
+use crate::sys::bpf_classic::{self as bpf, Insn};
+use crate::sys::packet::{self as sys, Mmsg};
+use crate::sys::valid_ifname;
+use crate::wire::{vxlan, MacAddr};
+
+/// Where the filter looks in a frame: Ethernet header, then IPv4.
+mod at {
+    use crate::wire::eth;
+
+    pub const ETHERTYPE: u32 = 12;
+    pub const IP: u32 = eth::HEADER_LEN as u32;
+    pub const IP_FLAGS_FRAG: u32 = IP + 6;
+    pub const IP_PROTOCOL: u32 = IP + 9;
+    pub const IP_DST: u32 = IP + 16;
+    /// The UDP destination port, counted from the end of the IPv4 header.
+    pub const UDP_DST_PORT: u32 = IP + 2;
+}
+
+const ETHERTYPE_IPV4: u32 = 0x0800;
+const IPPROTO_IPIP: u8 = 4;
+const IPPROTO_UDP: u32 = 17;
+/// The fragment offset bits of the IPv4 flags word: non-zero in every fragment
+/// but the first.
+const FRAG_OFFSET_MASK: u32 = 0x1fff;
+const ARPHRD_ETHER: u16 = 1;
+
+/// The most native prefixes one filter holds: 4 instructions each, within the
+/// kernel's 4096.
+pub const MAX_NATIVE_PREFIXES: usize = 1000;
+
+/// Socket buffer size asked for each way: room for a few full bursts, so a
+/// burst does not overflow the default (about 200 KiB).
+const SOCKET_BUF_BYTES: libc::c_int = 4 << 20;
+
+/// What went wrong opening the uplink socket or the sinks, and with which value.
+#[derive(Debug, thiserror::Error)]
+pub enum PacketError {
+    #[error("uplink name {name:?} is not 1 to 15 bytes without '/', ':' or spaces")]
+    InvalidName { name: String },
+    #[error("no interface called {name} in this network namespace")]
+    NotFound { name: String },
+    #[error("uplink {name} has link type {hatype}; expected Ethernet (1)")]
+    NotEthernet { name: String, hatype: u16 },
+    #[error("uplink filter {field} is {value}; expected {expected}")]
+    InvalidFilter {
+        field: &'static str,
+        value: String,
+        expected: &'static str,
+    },
+    #[error("native prefix {prefix} holds the node address {node_ip}; expected pod prefixes only")]
+    PrefixHoldsNode { prefix: String, node_ip: Ipv4Addr },
+    #[error("{count} native prefixes; expected at most {max}")]
+    TooManyPrefixes { count: usize, max: usize },
+    #[error("{op} for {target}: {source}")]
+    Io {
+        op: &'static str,
+        target: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Which of the uplink's IPv4 traffic is Sluice's. [`UplinkFilter::program`]
+/// turns it into the socket filter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UplinkFilter {
+    /// The node's underlay address: tunnel packets are addressed to it.
+    pub node_ip: Ipv4Addr,
+    /// Take VXLAN on this UDP port (normally [`vxlan::DEFAULT_PORT`]).
+    pub vxlan_port: Option<u16>,
+    /// Take IPIP.
+    pub ipip: bool,
+    /// Take IPv4 to these prefixes (native mode); see the module doc for why this
+    /// is normally empty.
+    pub native_prefixes: Vec<(Ipv4Addr, u8)>,
+}
+
+impl UplinkFilter {
+    /// A filter that takes nothing: the uplink socket only sends.
+    pub fn new(node_ip: Ipv4Addr) -> UplinkFilter {
+        UplinkFilter {
+            node_ip,
+            vxlan_port: None,
+            ipip: false,
+            native_prefixes: Vec::new(),
+        }
+    }
+
+    /// VXLAN to `node_ip` on the standard port.
+    pub fn vxlan(node_ip: Ipv4Addr) -> UplinkFilter {
+        UplinkFilter {
+            vxlan_port: Some(vxlan::DEFAULT_PORT),
+            ..UplinkFilter::new(node_ip)
+        }
+    }
+
+    /// IPIP to `node_ip`.
+    pub fn ipip(node_ip: Ipv4Addr) -> UplinkFilter {
+        UplinkFilter {
+            ipip: true,
+            ..UplinkFilter::new(node_ip)
+        }
+    }
+
+    /// Whether the filter drops every frame.
+    pub fn takes_nothing(&self) -> bool {
+        self.vxlan_port.is_none() && !self.ipip && self.native_prefixes.is_empty()
+    }
+
+    /// Checks the values: a unicast node address, a non-zero port, and native
+    /// prefixes that are proper networks, leave out the node address and fit in
+    /// one program.
+    pub fn validate(&self) -> Result<(), PacketError> {
+        check_node_ip(self.node_ip)?;
+        if self.vxlan_port == Some(0) {
+            return Err(PacketError::InvalidFilter {
+                field: "vxlan_port",
+                value: "0".into(),
+                expected: "a UDP port from 1 to 65535",
+            });
+        }
+        if self.native_prefixes.len() > MAX_NATIVE_PREFIXES {
+            return Err(PacketError::TooManyPrefixes {
+                count: self.native_prefixes.len(),
+                max: MAX_NATIVE_PREFIXES,
+            });
+        }
+        for &(addr, len) in &self.native_prefixes {
+            let prefix = format!("{addr}/{len}");
+            if len > 32 {
+                return Err(PacketError::InvalidFilter {
+                    field: "native_prefixes",
+                    value: prefix,
+                    expected: "a prefix length from 0 to 32",
+                });
+            }
+            let mask = prefix_mask(len);
+            if u32::from(addr) & !mask != 0 {
+                return Err(PacketError::InvalidFilter {
+                    field: "native_prefixes",
+                    value: prefix,
+                    expected: "a network address, with no bits set past the prefix length",
+                });
+            }
+            if u32::from(self.node_ip) & mask == u32::from(addr) {
+                return Err(PacketError::PrefixHoldsNode {
+                    prefix,
+                    node_ip: self.node_ip,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The classic BPF program that keeps this filter's frames whole and drops
+    /// every other, after [`UplinkFilter::validate`]. Every jump is forward and
+    /// short, and every path ends in a return.
+    pub fn program(&self) -> Result<Vec<Insn>, PacketError> {
+        use bpf::{ABS, ALU, AND, B, H, IND, JEQ, JMP, JSET, K, LD, LDX, MISC, MSH, TAX, TXA, W};
+        self.validate()?;
+        let mut p = vec![
+            // Frames for this host only, IPv4 only.
+            Insn::stmt(LD | W | ABS, bpf::ANC_OFF + bpf::ANC_PKTTYPE),
+            Insn::jump(JMP | JEQ | K, bpf::PACKET_HOST, 1, 0),
+            Insn::ret(bpf::DROP),
+            Insn::stmt(LD | H | ABS, at::ETHERTYPE),
+            Insn::jump(JMP | JEQ | K, ETHERTYPE_IPV4, 1, 0),
+            Insn::ret(bpf::DROP),
+        ];
+        if self.vxlan_port.is_some() || self.ipip {
+            // Reached only for packets to the node address; every path returns.
+            let mut tunnel = vec![
+                Insn::stmt(LD | H | ABS, at::IP_FLAGS_FRAG),
+                Insn::jump(JMP | JSET | K, FRAG_OFFSET_MASK, 0, 1),
+                Insn::ret(bpf::DROP),
+                Insn::stmt(LD | B | ABS, at::IP_PROTOCOL),
+            ];
+            if self.ipip {
+                tunnel.push(Insn::jump(JMP | JEQ | K, u32::from(IPPROTO_IPIP), 0, 1));
+                tunnel.push(Insn::ret(bpf::ACCEPT));
+            }
+            if let Some(port) = self.vxlan_port {
+                tunnel.extend([
+                    Insn::jump(JMP | JEQ | K, IPPROTO_UDP, 0, 4),
+                    Insn::stmt(LDX | B | MSH, at::IP),
+                    Insn::stmt(LD | H | IND, at::UDP_DST_PORT),
+                    Insn::jump(JMP | JEQ | K, u32::from(port), 0, 1),
+                    Insn::ret(bpf::ACCEPT),
+                ]);
+            }
+            tunnel.push(Insn::ret(bpf::DROP));
+            // At most 13 instructions: the skip always fits a jump offset.
+            let skip = u8::try_from(tunnel.len()).unwrap_or(u8::MAX);
+            p.push(Insn::stmt(LD | W | ABS, at::IP_DST));
+            p.push(Insn::jump(JMP | JEQ | K, u32::from(self.node_ip), 0, skip));
+            p.extend(tunnel);
+        }
+        if !self.native_prefixes.is_empty() {
+            p.push(Insn::stmt(LD | W | ABS, at::IP_DST));
+            p.push(Insn::stmt(MISC | TAX, 0));
+            for &(addr, len) in &self.native_prefixes {
+                p.extend([
+                    Insn::stmt(MISC | TXA, 0),
+                    Insn::stmt(ALU | AND | K, prefix_mask(len)),
+                    Insn::jump(JMP | JEQ | K, u32::from(addr), 0, 1),
+                    Insn::ret(bpf::ACCEPT),
+                ]);
+            }
+        }
+        p.push(Insn::ret(bpf::DROP));
+        Ok(p)
+    }
+}
+
+fn prefix_mask(len: u8) -> u32 {
+    match len {
+        0 => 0,
+        1..=32 => u32::MAX << (32 - u32::from(len)),
+        _ => u32::MAX,
+    }
+}
+
+fn check_node_ip(node_ip: Ipv4Addr) -> Result<(), PacketError> {
+    if node_ip.is_unspecified() || node_ip.is_broadcast() || node_ip.is_multicast() {
+        return Err(PacketError::InvalidFilter {
+            field: "node_ip",
+            value: node_ip.to_string(),
+            expected: "a unicast IPv4 address",
+        });
+    }
+    Ok(())
+}
+
+/// Counters of one uplink socket. Frames dropped here never reach the
+/// pipeline, so they are counted here rather than as a
+/// [`crate::drop::DropReason`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PacketStats {
+    /// Frames handed to the pipeline.
+    pub rx_frames: u64,
+    /// Frames longer than a pool buffer: dropped.
+    pub rx_truncated: u64,
+    /// `recvmmsg` calls that returned frames or found none.
+    pub rx_calls: u64,
+    /// Frames the kernel dropped because the socket's queue was full, as of the
+    /// last [`PacketSocket::update_kernel_drops`].
+    pub rx_kernel_drops: u64,
+    /// Frames the kernel took.
+    pub tx_frames: u64,
+    /// Frames refused because the send buffer or device queue was full or the
+    /// link down.
+    pub tx_refused: u64,
+    /// Frames the kernel rejected as malformed (shorter than an Ethernet header,
+    /// longer than the MTU).
+    pub tx_errors: u64,
+    /// `sendmmsg` calls made.
+    pub tx_calls: u64,
+}
+
+/// The uplink as an `AF_PACKET` socket: a [`Port`] that receives the frames its
+/// [`UplinkFilter`] takes and sends whole frames as given (outer headers and
+/// MACs already in place).
+pub struct PacketSocket {
+    fd: OwnedFd,
+    name: String,
+    ifindex: u32,
+    mac: MacAddr,
+    filter: UplinkFilter,
+    mmsg: Mmsg,
+    /// Buffers lent to one receive call; empty between calls.
+    staging: Batch,
+    stats: PacketStats,
+}
+
+impl std::fmt::Debug for PacketSocket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PacketSocket")
+            .field("fd", &self.fd)
+            .field("name", &self.name)
+            .field("ifindex", &self.ifindex)
+            .field("mac", &self.mac)
+            .field("filter", &self.filter)
+            .field("stats", &self.stats)
+            .finish()
+    }
+}
+
+impl PacketSocket {
+    /// Opens a socket on the uplink `ifname` of the calling thread's network
+    /// namespace (run it inside [`crate::sys::netns::in_netns`] for another one;
+    /// the socket works from any thread afterwards). Needs `CAP_NET_RAW`.
+    ///
+    /// The filter is attached before the socket is bound to the link, so it
+    /// never holds a frame the filter would have dropped.
+    pub fn open(ifname: &str, filter: &UplinkFilter) -> Result<PacketSocket, PacketError> {
+        let prog = filter.program()?;
+        if !valid_ifname(ifname) {
+            return Err(PacketError::InvalidName {
+                name: ifname.to_owned(),
+            });
+        }
+        let err = |op: &'static str| {
+            let target = format!("uplink {ifname}");
+            move |source: io::Error| PacketError::Io { op, target, source }
+        };
+        let ifindex = match nix::net::if_::if_nametoindex(ifname) {
+            Ok(i) => i,
+            Err(Errno::ENODEV) => {
+                return Err(PacketError::NotFound {
+                    name: ifname.to_owned(),
+                })
+            }
+            Err(e) => return Err(err("look up")(e.into())),
+        };
+        let fd = sys::packet_socket().map_err(err("open AF_PACKET socket"))?;
+        sys::ignore_outgoing(fd.as_fd()).map_err(err("set PACKET_IGNORE_OUTGOING"))?;
+        set_buffer(fd.as_fd(), libc::SO_RCVBUFFORCE, libc::SO_RCVBUF)
+            .map_err(err("set receive buffer"))?;
+        set_buffer(fd.as_fd(), libc::SO_SNDBUFFORCE, libc::SO_SNDBUF)
+            .map_err(err("set send buffer"))?;
+        sys::attach_filter(fd.as_fd(), &prog).map_err(err("attach filter"))?;
+        sys::bind_link(fd.as_fd(), ifindex, sys::ETH_P_IP).map_err(err("bind"))?;
+        let link = sys::local_link(fd.as_fd()).map_err(err("read bound address"))?;
+        if link.hatype != ARPHRD_ETHER || link.addr_len != 6 {
+            return Err(PacketError::NotEthernet {
+                name: ifname.to_owned(),
+                hatype: link.hatype,
+            });
+        }
+        Ok(PacketSocket {
+            fd,
+            name: ifname.to_owned(),
+            ifindex,
+            mac: MacAddr::from_bytes(&link.addr[..6]),
+            filter: filter.clone(),
+            mmsg: Mmsg::new(MAX_BATCH),
+            staging: Batch::new(),
+            stats: PacketStats::default(),
+        })
+    }
+
+    /// The uplink's interface index (in the namespace it was opened in).
+    pub fn ifindex(&self) -> u32 {
+        self.ifindex
+    }
+
+    /// The uplink's MAC when the socket was opened: the source of every frame
+    /// Sluice sends out of it.
+    pub fn mac(&self) -> MacAddr {
+        self.mac
+    }
+
+    pub fn filter(&self) -> &UplinkFilter {
+        &self.filter
+    }
+
+    pub fn stats(&self) -> &PacketStats {
+        &self.stats
+    }
+
+    /// Reads the kernel's count of frames it dropped for a full receive queue
+    /// since the last call, adds it to [`PacketStats::rx_kernel_drops`] and
+    /// returns that total.
+    pub fn update_kernel_drops(&mut self) -> io::Result<u64> {
+        let (_, drops) = sys::take_statistics(self.fd.as_fd())?;
+        self.stats.rx_kernel_drops += u64::from(drops);
+        Ok(self.stats.rx_kernel_drops)
+    }
+}
+
+/// Sets a socket buffer to [`SOCKET_BUF_BYTES`]: past the system limit with
+/// `force` where the process may (`CAP_NET_ADMIN`), else up to the limit.
+fn set_buffer(
+    fd: std::os::fd::BorrowedFd<'_>,
+    force: libc::c_int,
+    plain: libc::c_int,
+) -> io::Result<()> {
+    match sys::set_int_option(fd, libc::SOL_SOCKET, force, SOCKET_BUF_BYTES) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+            sys::set_int_option(fd, libc::SOL_SOCKET, plain, SOCKET_BUF_BYTES)
+        }
+        r => r,
+    }
+}
+
+impl Port for PacketSocket {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn rx_burst(&mut self, pool: &mut Pool, batch: &mut Batch, max: usize) -> io::Result<usize> {
+        let room = max
+            .min(MAX_BATCH.saturating_sub(batch.len()))
+            .min(self.mmsg.capacity());
+        // Pool empty: the frames wait in the socket queue until buffers return.
+        if pool.alloc_into(&mut self.staging, room) == 0 {
+            return Ok(0);
+        }
+        let fd = self.fd.as_fd();
+        let bufs = &mut self.staging;
+        let mmsg = &mut self.mmsg;
+        let got = loop {
+            match mmsg.recv(fd, bufs.as_mut_slice().iter_mut().map(|p| p.rx_area())) {
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                r => break r,
+            }
+        };
+        self.stats.rx_calls += 1;
+        let got = match got {
+            Ok(n) => n,
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => 0,
+            Err(e) => {
+                self.staging.clear_into(pool);
+                return Err(e);
+            }
+        };
+        let mut n = 0;
+        for (i, mut p) in self.staging.drain().enumerate() {
+            match self.mmsg.received(i) {
+                Some(r) if i < got && !r.truncated && r.len <= p.capacity() => {
+                    p.set_received(r.len);
+                    batch.push(p);
+                    n += 1;
+                }
+                Some(_) if i < got => {
+                    self.stats.rx_truncated += 1;
+                    pool.free(p);
+                }
+                _ => pool.free(p),
+            }
+        }
+        self.stats.rx_frames += n as u64;
+        Ok(n)
+    }
+
+    fn tx_burst(&mut self, pool: &mut Pool, batch: &mut Batch) -> io::Result<usize> {
+        let total = batch.len();
+        let (mut done, mut sent) = (0, 0);
+        let mut fatal = None;
+        let fd = self.fd.as_fd();
+        while done < total {
+            let frames = batch.as_slice()[done..].iter().map(|p| p.data());
+            let r = self.mmsg.send(fd, frames);
+            self.stats.tx_calls += 1;
+            match r.map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(0))) {
+                Ok(0) => break,
+                Ok(k) => {
+                    done += k;
+                    sent += k;
+                }
+                Err(Errno::EINTR) => {}
+                // The send buffer or device queue is full, or the link is down: the
+                // rest would be refused too.
+                Err(Errno::EAGAIN | Errno::ENOBUFS | Errno::ENETDOWN) => break,
+                // The link is gone from under the socket.
+                Err(e @ (Errno::ENXIO | Errno::ENODEV | Errno::EBADF)) => {
+                    fatal = Some(e);
+                    break;
+                }
+                // This frame only (shorter than a header, longer than the MTU).
+                Err(_) => {
+                    self.stats.tx_errors += 1;
+                    done += 1;
+                }
+            }
+        }
+        self.stats.tx_frames += sent as u64;
+        self.stats.tx_refused += (total - done) as u64;
+        batch.clear_into(pool);
+        match fatal {
+            Some(e) if sent == 0 => Err(e.into()),
+            _ => Ok(sent),
+        }
+    }
+
+    fn rx_fd(&self) -> Option<RawFd> {
+        Some(self.fd.as_raw_fd())
+    }
+}
+
+/// Sockets that give Sluice's tunnel packets a taker in the node's kernel, so
+/// that it does not answer them with ICMP port or protocol unreachable: a UDP
+/// socket on the VXLAN port and a raw IPIP socket, each bound to the node
+/// address and each dropping everything it is given (the uplink socket has its
+/// copy already). Hold them for the daemon's life; dropping closes them.
+///
+/// The kernel counts what the UDP socket's filter drops in the `Udp InErrors`
+/// of `/proc/net/snmp`, and clones each IPIP packet once for the raw socket.
+///
+/// A raw socket quiets IPIP only where the kernel has no IPIP handler of its
+/// own. With the `ipip` module loaded, its handler runs first and answers
+/// packets that match no tunnel device (its `tunl0` fallback is down by
+/// default) with ICMP unreachable whatever sockets exist; such nodes need the
+/// kernel's module unloaded or a firewall rule instead.
+#[derive(Debug)]
+pub struct KernelSinks {
+    node_ip: Ipv4Addr,
+    udp: Option<(u16, OwnedFd)>,
+    ipip: Option<OwnedFd>,
+}
+
+impl KernelSinks {
+    /// Opens the sinks in the calling thread's network namespace, where
+    /// `node_ip` must be a local address. A VXLAN port already bound there (a
+    /// kernel VXLAN device, another CNI) is an error.
+    pub fn open(
+        node_ip: Ipv4Addr,
+        vxlan_port: Option<u16>,
+        ipip: bool,
+    ) -> Result<KernelSinks, PacketError> {
+        check_node_ip(node_ip)?;
+        let drop_all = [Insn::ret(bpf::DROP)];
+        let udp = match vxlan_port {
+            None => None,
+            Some(0) => {
+                return Err(PacketError::InvalidFilter {
+                    field: "vxlan_port",
+                    value: "0".into(),
+                    expected: "a UDP port from 1 to 65535",
+                })
+            }
+            Some(port) => {
+                let addr = SocketAddrV4::new(node_ip, port);
+                let err = |op: &'static str| {
+                    let target = format!("UDP sink {addr}");
+                    move |source: io::Error| PacketError::Io { op, target, source }
+                };
+                let fd = nsock::socket(
+                    AddressFamily::Inet,
+                    SockType::Datagram,
+                    SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+                    None,
+                )
+                .map_err(|e| err("open")(e.into()))?;
+                sys::attach_filter(fd.as_fd(), &drop_all).map_err(err("attach filter"))?;
+                nsock::bind(fd.as_raw_fd(), &SockaddrIn::from(addr))
+                    .map_err(|e| err("bind")(e.into()))?;
+                Some((port, fd))
+            }
+        };
+        let ipip = if ipip {
+            let err = |op: &'static str| {
+                let target = format!("IPIP sink {node_ip}");
+                move |source: io::Error| PacketError::Io { op, target, source }
+            };
+            let fd = sys::raw_ipv4_socket(IPPROTO_IPIP).map_err(err("open"))?;
+            sys::attach_filter(fd.as_fd(), &drop_all).map_err(err("attach filter"))?;
+            nsock::bind(
+                fd.as_raw_fd(),
+                &SockaddrIn::from(SocketAddrV4::new(node_ip, 0)),
+            )
+            .map_err(|e| err("bind")(e.into()))?;
+            // A raw socket receives from the moment it exists: discard what came
+            // before the filter.
+            sys::drain(fd.as_fd()).map_err(err("drain"))?;
+            Some(fd)
+        } else {
+            None
+        };
+        Ok(KernelSinks { node_ip, udp, ipip })
+    }
+
+    /// The sinks an uplink with `filter` needs.
+    pub fn for_filter(filter: &UplinkFilter) -> Result<KernelSinks, PacketError> {
+        KernelSinks::open(filter.node_ip, filter.vxlan_port, filter.ipip)
+    }
+
+    pub fn node_ip(&self) -> Ipv4Addr {
+        self.node_ip
+    }
+
+    /// The UDP port held, if any.
+    pub fn vxlan_port(&self) -> Option<u16> {
+        self.udp.as_ref().map(|(port, _)| *port)
+    }
+
+    /// Whether protocol 4 (IPIP) is held.
+    pub fn holds_ipip(&self) -> bool {
+        self.ipip.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::bpf_classic::{run, Skb, PACKET_BROADCAST, PACKET_HOST, PACKET_OTHERHOST};
+    use crate::testkit;
+    use crate::wire::{ipv4, udp};
+    use proptest::prelude::*;
+
+    const NODE: Ipv4Addr = testkit::NODE_A;
+    const PEER: Ipv4Addr = testkit::NODE_B;
+
+    fn verdict(f: &UplinkFilter, frame: &[u8], pkt_type: u32) -> u32 {
+        let prog = f.program().expect("valid filter");
+        run(
+            &prog,
+            Skb {
+                data: frame,
+                pkt_type,
+            },
+        )
+        .expect("program runs to a return")
+    }
+
+    fn takes(f: &UplinkFilter, frame: &[u8]) -> bool {
+        verdict(f, frame, PACKET_HOST) == bpf::ACCEPT
+    }
+
+    fn vxlan_to(dst: Ipv4Addr, port: u16) -> Vec<u8> {
+        let inner = testkit::from_pod_a1(testkit::POD_B1, 80);
+        let mut f = testkit::vxlan_from_b(&inner, 4096, PEER);
+        let mut ip = ipv4::Packet::new_unchecked(&mut f[14..]);
+        ip.set_dst_addr(dst);
+        ip.fill_checksum();
+        udp::Packet::new_unchecked(&mut f[34..]).set_dst_port(port);
+        f
+    }
+
+    fn udp_to(dst: Ipv4Addr, port: u16) -> Vec<u8> {
+        testkit::udp_frame(
+            testkit::NODE_B_MAC,
+            testkit::NODE_A_MAC,
+            PEER,
+            dst,
+            40000,
+            port,
+            100,
+        )
+    }
+
+    fn ipip_to(dst: Ipv4Addr) -> Vec<u8> {
+        let inner = testkit::from_pod_a1(testkit::POD_B1, 80);
+        let mut f = testkit::ipip_from_b(&inner[14..], PEER);
+        let mut ip = ipv4::Packet::new_unchecked(&mut f[14..]);
+        ip.set_dst_addr(dst);
+        ip.fill_checksum();
+        f
+    }
+
+    fn set_frag(f: &mut [u8], flags_frag: u16) {
+        f[20..22].copy_from_slice(&flags_frag.to_be_bytes());
+    }
+
+    #[test]
+    fn vxlan_filter_takes_vxlan_to_the_node_only() {
+        let f = UplinkFilter::vxlan(NODE);
+        assert!(takes(&f, &vxlan_to(NODE, 4789)));
+        assert!(!takes(&f, &vxlan_to(PEER, 4789)), "another address");
+        assert!(!takes(&f, &vxlan_to(NODE, 4790)), "another port");
+        assert!(!takes(&f, &udp_to(NODE, 53)), "the node's DNS");
+        assert!(!takes(&f, &ipip_to(NODE)), "IPIP is off");
+        // Only frames addressed to this host.
+        let v = vxlan_to(NODE, 4789);
+        assert_eq!(verdict(&f, &v, PACKET_OTHERHOST), bpf::DROP);
+        assert_eq!(verdict(&f, &v, PACKET_BROADCAST), bpf::DROP);
+        // Not IPv4 (an ARP ethertype on the same bytes).
+        let mut arp = v.clone();
+        arp[12..14].copy_from_slice(&[0x08, 0x06]);
+        assert!(!takes(&f, &arp));
+    }
+
+    #[test]
+    fn fragments_after_the_first_are_left_alone() {
+        let f = UplinkFilter::vxlan(NODE);
+        let mut v = vxlan_to(NODE, 4789);
+        set_frag(&mut v, ipv4::FLAG_MF);
+        assert!(takes(&f, &v), "first fragment");
+        // A later fragment whose payload happens to hold 4789 where a port would be.
+        set_frag(&mut v, 185);
+        assert!(!takes(&f, &v));
+        let g = UplinkFilter::ipip(NODE);
+        let mut p = ipip_to(NODE);
+        assert!(takes(&g, &p));
+        set_frag(&mut p, ipv4::FLAG_MF | 3);
+        assert!(!takes(&g, &p));
+    }
+
+    #[test]
+    fn the_port_is_found_behind_ip_options() {
+        let f = UplinkFilter {
+            vxlan_port: Some(8472),
+            ..UplinkFilter::vxlan(NODE)
+        };
+        let plain = vxlan_to(NODE, 8472);
+        // Insert 4 bytes of options (NOPs): IHL 6.
+        let mut v = plain[..34].to_vec();
+        v.extend_from_slice(&[1, 1, 1, 1]);
+        v.extend_from_slice(&plain[34..]);
+        v[14] = 0x46;
+        assert!(takes(&f, &v));
+        // The same bytes read with the wrong header length would not match.
+        v[14] = 0x45;
+        assert!(!takes(&f, &v));
+    }
+
+    #[test]
+    fn ipip_and_native_prefixes() {
+        let f = UplinkFilter {
+            node_ip: NODE,
+            vxlan_port: None,
+            ipip: true,
+            native_prefixes: vec![
+                (Ipv4Addr::new(198, 19, 1, 0), 24),
+                (Ipv4Addr::new(198, 19, 128, 0), 17),
+                (Ipv4Addr::new(198, 19, 5, 7), 32),
+            ],
+        };
+        assert!(takes(&f, &ipip_to(NODE)));
+        assert!(!takes(&f, &ipip_to(PEER)));
+        assert!(!takes(&f, &vxlan_to(NODE, 4789)), "VXLAN is off");
+        for dst in [[198, 19, 1, 10], [198, 19, 200, 1], [198, 19, 5, 7]] {
+            assert!(takes(&f, &udp_to(dst.into(), 80)), "{dst:?}");
+        }
+        for dst in [[198, 19, 2, 10], [198, 19, 5, 8], [198, 18, 0, 1]] {
+            assert!(!takes(&f, &udp_to(dst.into(), 80)), "{dst:?}");
+        }
+        // Native takes fragments too: the kernel would forward them all the same.
+        let mut later = udp_to([198, 19, 1, 10].into(), 80);
+        set_frag(&mut later, 100);
+        assert!(takes(&f, &later));
+    }
+
+    #[test]
+    fn an_empty_filter_takes_nothing() {
+        let f = UplinkFilter::new(NODE);
+        assert!(f.takes_nothing());
+        assert!(!UplinkFilter::vxlan(NODE).takes_nothing());
+        for frame in [vxlan_to(NODE, 4789), ipip_to(NODE), udp_to(NODE, 53)] {
+            assert!(!takes(&f, &frame));
+        }
+    }
+
+    #[test]
+    fn short_frames_are_dropped() {
+        let f = UplinkFilter {
+            native_prefixes: vec![(Ipv4Addr::new(198, 19, 0, 0), 16)],
+            ipip: true,
+            ..UplinkFilter::vxlan(NODE)
+        };
+        let v = vxlan_to(NODE, 4789);
+        for len in 0..38 {
+            assert!(!takes(&f, &v[..len]), "{len} bytes");
+        }
+        assert!(takes(&f, &v[..38]), "enough for the port");
+    }
+
+    #[test]
+    fn bad_filters_are_refused_with_the_value() {
+        let bad = [
+            (
+                UplinkFilter::vxlan(Ipv4Addr::UNSPECIFIED),
+                "uplink filter node_ip is 0.0.0.0; expected a unicast IPv4 address",
+            ),
+            (
+                UplinkFilter {
+                    vxlan_port: Some(0),
+                    ..UplinkFilter::vxlan(NODE)
+                },
+                "uplink filter vxlan_port is 0; expected a UDP port from 1 to 65535",
+            ),
+            (
+                UplinkFilter {
+                    native_prefixes: vec![(Ipv4Addr::new(198, 19, 1, 0), 33)],
+                    ..UplinkFilter::new(NODE)
+                },
+                "uplink filter native_prefixes is 198.19.1.0/33; expected a prefix length from 0 to 32",
+            ),
+            (
+                UplinkFilter {
+                    native_prefixes: vec![(Ipv4Addr::new(198, 19, 1, 5), 24)],
+                    ..UplinkFilter::new(NODE)
+                },
+                "uplink filter native_prefixes is 198.19.1.5/24; expected a network address, with no bits set past the prefix length",
+            ),
+            (
+                UplinkFilter {
+                    native_prefixes: vec![(Ipv4Addr::new(198, 16, 0, 0), 14)],
+                    ..UplinkFilter::new(NODE)
+                },
+                "native prefix 198.16.0.0/14 holds the node address 198.18.0.1; expected pod prefixes only",
+            ),
+            (
+                UplinkFilter {
+                    native_prefixes: vec![(Ipv4Addr::UNSPECIFIED, 0)],
+                    ..UplinkFilter::new(NODE)
+                },
+                "native prefix 0.0.0.0/0 holds the node address 198.18.0.1; expected pod prefixes only",
+            ),
+        ];
+        for (f, msg) in bad {
+            assert_eq!(f.program().unwrap_err().to_string(), msg);
+        }
+        let many = UplinkFilter {
+            native_prefixes: (0..=MAX_NATIVE_PREFIXES as u32)
+                .map(|i| (Ipv4Addr::from(0xc613_0000 + (i << 6)), 26))
+                .collect(),
+            ..UplinkFilter::new(NODE)
+        };
+        assert!(matches!(
+            many.program(),
+            Err(PacketError::TooManyPrefixes {
+                count: 1001,
+                max: 1000
+            })
+        ));
+        let mut most = many;
+        most.native_prefixes.pop();
+        most.ipip = true;
+        most.vxlan_port = Some(4789);
+        assert!(most.program().unwrap().len() <= bpf::MAX_INSNS);
+    }
+
+    #[test]
+    fn bad_names_and_sinks_are_refused_before_the_kernel() {
+        let f = UplinkFilter::vxlan(NODE);
+        assert!(matches!(
+            PacketSocket::open("", &f),
+            Err(PacketError::InvalidName { .. })
+        ));
+        assert!(matches!(
+            PacketSocket::open("much-too-long-name", &f),
+            Err(PacketError::InvalidName { .. })
+        ));
+        assert!(matches!(
+            KernelSinks::open(NODE, Some(0), false),
+            Err(PacketError::InvalidFilter {
+                field: "vxlan_port",
+                ..
+            })
+        ));
+        assert!(matches!(
+            KernelSinks::open(Ipv4Addr::BROADCAST, None, true),
+            Err(PacketError::InvalidFilter {
+                field: "node_ip",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn ports_move_to_worker_threads() {
+        fn send<T: Send>() {}
+        send::<PacketSocket>();
+        send::<KernelSinks>();
+    }
+
+    proptest! {
+        /// Whatever the bytes, the program ends in a return, and takes nothing that
+        /// is not IPv4 to the node or to a pod prefix.
+        #[test]
+        fn any_bytes_reach_a_return(
+            bytes in proptest::collection::vec(any::<u8>(), 0..128),
+            pkt_type in 0u32..5,
+        ) {
+            let f = UplinkFilter {
+                native_prefixes: vec![(Ipv4Addr::new(198, 19, 1, 0), 24)],
+                ipip: true,
+                ..UplinkFilter::vxlan(NODE)
+            };
+            let prog = f.program().unwrap();
+            let v = run(&prog, Skb { data: &bytes, pkt_type });
+            prop_assert!(v.is_ok());
+            if v == Ok(bpf::ACCEPT) {
+                prop_assert_eq!(pkt_type, PACKET_HOST);
+                prop_assert_eq!(&bytes[12..14], &[0x08, 0x00]);
+                let dst = Ipv4Addr::new(bytes[30], bytes[31], bytes[32], bytes[33]);
+                prop_assert!(dst == NODE || dst.octets()[..3] == [198, 19, 1]);
+            }
+        }
+    }
+}

@@ -1,0 +1,619 @@
+//! The poll-mode runtime: worker threads, each owning some ports, a buffer
+//! pool and a pipeline, forwarding in a loop.
+//!
+//! A worker learns which of its ports have frames waiting from epoll (one
+//! `epoll_wait(0)` per loop instead of a `read` per port), busy-polls while
+//! traffic flows, and after `spin_polls` empty rounds sleeps in epoll until a
+//! port's fd becomes readable or the control plane wakes it, so an idle node
+//! costs close to nothing. The control plane talks to workers through a
+//! command channel plus an eventfd waker; tables reach them through
+//! [`TableHandle`] snapshots, never through a lock.
+//!
+//! A packet whose output port belongs to another worker is handed over through
+//! a lock-free ring from its worker to the owner (one ring per ordered pair of
+//! workers, used single-producer single-consumer).
+
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use crossbeam_queue::ArrayQueue;
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token, Waker};
+
+use crate::buf::{Batch, Packet, Pool, PortId, DEFAULT_BUF_SIZE, MAX_BATCH};
+use crate::drop::DropReason;
+use crate::pipeline::{Pipeline, TxQueues};
+use crate::policy::Policy;
+use crate::port::Port;
+use crate::stage::Counters;
+use crate::table::TableHandle;
+
+/// A port a worker can own.
+pub type BoxPort = Box<dyn Port + Send>;
+
+/// Runtime settings.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    pub workers: usize,
+    /// Pin worker `i` to core `i` (modulo the cores there are).
+    pub pin: bool,
+    /// Empty polling rounds before a worker sleeps in epoll.
+    pub spin_polls: u32,
+    /// Frames taken from one port per round.
+    pub burst: usize,
+    /// Buffers per worker.
+    pub pool_size: usize,
+    pub buf_size: usize,
+    /// Longest sleep (housekeeping: counters, table refresh).
+    pub max_sleep: Duration,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            workers: 1,
+            pin: true,
+            spin_polls: 512,
+            burst: 64,
+            pool_size: 4096,
+            buf_size: DEFAULT_BUF_SIZE,
+            max_sleep: Duration::from_millis(100),
+        }
+    }
+}
+
+/// Counters of one port, kept by its worker.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PortStats {
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    /// Refused by the device (queue full, link down).
+    pub tx_dropped: u64,
+    pub rx_errors: u64,
+    pub tx_errors: u64,
+}
+
+/// A worker's published state (refreshed every few milliseconds while busy,
+/// and before each sleep).
+#[derive(Debug, Clone, Default)]
+pub struct WorkerStats {
+    pub worker: usize,
+    pub counters: Counters,
+    pub ports: Vec<(PortId, String, PortStats)>,
+    pub busy_polls: u64,
+    pub idle_polls: u64,
+    pub sleeps: u64,
+    /// Packets handed to other workers.
+    pub handoff_out: u64,
+    /// Fresh buffers allocated because the pool ran dry.
+    pub pool_grown: u64,
+    pub last_error: Option<String>,
+}
+
+struct Shared {
+    stats: Mutex<WorkerStats>,
+    /// Loop iterations, for the service watchdog (one writer, relaxed).
+    heartbeat: AtomicU64,
+    stop: AtomicBool,
+}
+
+enum Command {
+    AddPort { id: PortId, port: BoxPort },
+    RemovePort { id: PortId, reply: Sender<Option<BoxPort>> },
+}
+
+struct WorkerHandle {
+    commands: Sender<Command>,
+    waker: Arc<Waker>,
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// The set of workers.
+pub struct Runtime {
+    workers: Vec<WorkerHandle>,
+    /// Which worker owns each port (control-plane copy).
+    owners: Mutex<Vec<Option<usize>>>,
+    /// Shared owner map the workers read for handoff decisions.
+    port_owner: Arc<OwnerMap>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime").field("workers", &self.workers.len()).finish()
+    }
+}
+
+/// Port → owning worker, readable by workers without locks (one byte per
+/// port, relaxed: a stale read only sends a packet through the owner ring of
+/// the previous owner, which drops it as `UnknownPort`-style tx error).
+struct OwnerMap {
+    slots: Vec<std::sync::atomic::AtomicU8>,
+}
+
+const NO_OWNER: u8 = u8::MAX;
+const MAX_PORTS: usize = 4096;
+
+impl Runtime {
+    /// Starts `cfg.workers` workers forwarding with `tables`; `policy` makes
+    /// each worker's policy state.
+    pub fn start<P, F>(cfg: &RuntimeConfig, tables: &TableHandle, policy: F) -> io::Result<Runtime>
+    where
+        P: Policy + Send + 'static,
+        F: Fn() -> P,
+    {
+        let n = cfg.workers.clamp(1, 64);
+        let port_owner = Arc::new(OwnerMap {
+            slots: (0..MAX_PORTS).map(|_| std::sync::atomic::AtomicU8::new(NO_OWNER)).collect(),
+        });
+        // rings[from][to]
+        let rings: Vec<Vec<Arc<ArrayQueue<Packet>>>> =
+            (0..n).map(|_| (0..n).map(|_| Arc::new(ArrayQueue::new(4 * MAX_BATCH))).collect()).collect();
+        let cores = core_affinity::get_core_ids().unwrap_or_default();
+        let mut workers = Vec::with_capacity(n);
+        for i in 0..n {
+            let poll = Poll::new()?;
+            let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
+            let (tx, rx) = crossbeam_channel::unbounded();
+            let shared = Arc::new(Shared {
+                stats: Mutex::new(WorkerStats { worker: i, ..Default::default() }),
+                heartbeat: AtomicU64::new(0),
+                stop: AtomicBool::new(false),
+            });
+            let w = Worker {
+                id: i,
+                cfg: cfg.clone(),
+                poll,
+                commands: rx,
+                shared: shared.clone(),
+                pipeline: Pipeline::new(tables, policy()),
+                pool: Pool::new(cfg.pool_size, cfg.buf_size),
+                ports: Vec::new(),
+                ready: Vec::new(),
+                tx: TxQueues::with_ports(8),
+                outgoing: rings[i].clone(),
+                incoming: rings.iter().map(|r| r[i].clone()).collect(),
+                owners: port_owner.clone(),
+                stats: WorkerStats { worker: i, ..Default::default() },
+                core: if cfg.pin && !cores.is_empty() { Some(cores[i % cores.len()]) } else { None },
+            };
+            let thread = std::thread::Builder::new().name(format!("sluice-w{i}")).spawn(move || w.run())?;
+            workers.push(WorkerHandle { commands: tx, waker, shared, thread: Some(thread) });
+        }
+        Ok(Runtime { workers, owners: Mutex::new(vec![None; MAX_PORTS]), port_owner })
+    }
+
+    pub fn workers(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// Hands a port to a worker: the uplink and host port to worker 0, pod
+    /// ports spread by id.
+    pub fn add_port(&self, id: PortId, port: BoxPort) -> io::Result<()> {
+        if id.index() >= MAX_PORTS {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("port id {} over {MAX_PORTS}", id.0)));
+        }
+        let w = if id.is_pod() { id.index() % self.workers.len() } else { 0 };
+        let mut owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
+        if owners[id.index()].is_some() {
+            return Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("port {id} is already attached")));
+        }
+        owners[id.index()] = Some(w);
+        // Release: pairs with the workers' relaxed loads; a worker that reads
+        // the old value only mis-routes packets for a port not yet serving.
+        self.port_owner.slots[id.index()].store(w as u8, Ordering::Release);
+        let h = &self.workers[w];
+        h.commands.send(Command::AddPort { id, port }).map_err(|_| io::Error::other("worker stopped"))?;
+        h.waker.wake()
+    }
+
+    /// Takes a port back from its worker (waits until the worker has let go of
+    /// it, so its fd can be closed or the device deleted safely).
+    pub fn remove_port(&self, id: PortId) -> Option<BoxPort> {
+        let w = {
+            let mut owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
+            owners.get_mut(id.index())?.take()?
+        };
+        self.port_owner.slots[id.index()].store(NO_OWNER, Ordering::Release);
+        let h = &self.workers[w];
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        h.commands.send(Command::RemovePort { id, reply: tx }).ok()?;
+        h.waker.wake().ok()?;
+        rx.recv_timeout(Duration::from_secs(5)).ok().flatten()
+    }
+
+    /// The latest published stats of every worker.
+    pub fn stats(&self) -> Vec<WorkerStats> {
+        self.workers
+            .iter()
+            .map(|h| h.shared.stats.lock().unwrap_or_else(|e| e.into_inner()).clone())
+            .collect()
+    }
+
+    /// Sum of the workers' loop counters: grows while workers are alive (for
+    /// the service watchdog).
+    pub fn heartbeat(&self) -> u64 {
+        self.workers.iter().map(|h| h.shared.heartbeat.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Asks every worker to refresh its stats now.
+    pub fn wake_all(&self) {
+        for h in &self.workers {
+            let _ = h.waker.wake();
+        }
+    }
+
+    /// Stops the workers and waits for them; their ports are dropped (TAPs
+    /// stay if persistent).
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        for h in &self.workers {
+            h.shared.stop.store(true, Ordering::Release);
+            let _ = h.waker.wake();
+        }
+        for h in &mut self.workers {
+            if let Some(t) = h.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+const WAKE: Token = Token(usize::MAX);
+
+struct OwnedPort {
+    id: PortId,
+    name: String,
+    port: BoxPort,
+    has_fd: bool,
+    stats: PortStats,
+}
+
+struct Worker<P: Policy> {
+    id: usize,
+    cfg: RuntimeConfig,
+    poll: Poll,
+    commands: Receiver<Command>,
+    shared: Arc<Shared>,
+    pipeline: Pipeline<P>,
+    pool: Pool,
+    /// Indexed by port id.
+    ports: Vec<Option<OwnedPort>>,
+    /// Port ids with frames (maybe) waiting.
+    ready: Vec<PortId>,
+    tx: TxQueues,
+    outgoing: Vec<Arc<ArrayQueue<Packet>>>,
+    incoming: Vec<Arc<ArrayQueue<Packet>>>,
+    owners: Arc<OwnerMap>,
+    stats: WorkerStats,
+    core: Option<core_affinity::CoreId>,
+}
+
+impl<P: Policy> Worker<P> {
+    fn run(mut self) {
+        if let Some(c) = self.core {
+            core_affinity::set_for_current(c);
+        }
+        let epoch = Instant::now();
+        let mut events = Events::with_capacity(256);
+        let mut batch = Batch::new();
+        let mut idle: u32 = 0;
+        let mut last_publish = Instant::now();
+        let mut loops: u64 = 0;
+        while !self.shared.stop.load(Ordering::Acquire) {
+            loops += 1;
+            self.shared.heartbeat.store(loops, Ordering::Relaxed);
+            self.handle_commands();
+            let timeout = if idle >= self.cfg.spin_polls {
+                self.stats.sleeps += 1;
+                self.publish();
+                last_publish = Instant::now();
+                Some(self.cfg.max_sleep)
+            } else {
+                Some(Duration::ZERO)
+            };
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    self.stats.last_error = Some(format!("epoll: {e}"));
+                }
+            }
+            for ev in events.iter() {
+                if ev.token() != WAKE {
+                    let id = PortId(ev.token().0 as u16);
+                    if !self.ready.contains(&id) {
+                        self.ready.push(id);
+                    }
+                }
+            }
+            let now = epoch.elapsed().as_nanos() as u64;
+            let mut work = self.rx_ready(&mut batch, now);
+            work += self.drain_incoming();
+            if work > 0 {
+                idle = 0;
+                self.stats.busy_polls += 1;
+            } else {
+                idle = idle.saturating_add(1);
+                self.stats.idle_polls += 1;
+            }
+            if last_publish.elapsed() >= Duration::from_millis(50) {
+                self.publish();
+                last_publish = Instant::now();
+            }
+        }
+        self.publish();
+    }
+
+    fn handle_commands(&mut self) {
+        while let Ok(cmd) = self.commands.try_recv() {
+            match cmd {
+                Command::AddPort { id, port } => {
+                    if let Some(fd) = port.rx_fd() {
+                        let _ = self.poll.registry().register(
+                            &mut SourceFd(&fd),
+                            Token(id.index()),
+                            Interest::READABLE,
+                        );
+                    }
+                    let name = port.name().to_owned();
+                    let has_fd = port.rx_fd().is_some();
+                    if self.ports.len() <= id.index() {
+                        self.ports.resize_with(id.index() + 1, || None);
+                    }
+                    self.ports[id.index()] =
+                        Some(OwnedPort { id, name, port, has_fd, stats: PortStats::default() });
+                    // Frames may already wait (edge-triggered epoll saw none yet).
+                    self.ready.push(id);
+                }
+                Command::RemovePort { id, reply } => {
+                    let p = self.ports.get_mut(id.index()).and_then(Option::take);
+                    if let Some(p) = &p {
+                        if let Some(fd) = p.port.rx_fd() {
+                            let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+                        }
+                    }
+                    self.ready.retain(|r| *r != id);
+                    let _ = reply.send(p.map(|p| p.port));
+                }
+            }
+        }
+    }
+
+    /// Receives from every ready port once. A port that filled its burst stays
+    /// ready (edge-triggered epoll will not report it again); a port without an
+    /// fd is always ready.
+    fn rx_ready(&mut self, batch: &mut Batch, now: u64) -> usize {
+        let mut work = 0;
+        let mut i = 0;
+        let burst = self.cfg.burst.min(MAX_BATCH);
+        while i < self.ready.len() {
+            let id = self.ready[i];
+            let Some(Some(op)) = self.ports.get_mut(id.index()) else {
+                self.ready.swap_remove(i);
+                continue;
+            };
+            let n = match op.port.rx_burst(&mut self.pool, batch, burst) {
+                Ok(n) => n,
+                Err(e) => {
+                    op.stats.rx_errors += 1;
+                    self.stats.last_error = Some(format!("rx on {}: {e}", op.name));
+                    0
+                }
+            };
+            op.stats.rx_packets += n as u64;
+            op.stats.rx_bytes += batch.iter().map(|p| p.len() as u64).sum::<u64>();
+            let drained = n < burst && op.has_fd;
+            let starved = n < burst && self.pool.available() == 0;
+            if starved {
+                // Not drained: out of buffers. Keep it ready and grow.
+                self.grow_pool();
+                i += 1;
+            } else if drained {
+                self.ready.swap_remove(i);
+            } else {
+                i += 1;
+            }
+            if n == 0 {
+                continue;
+            }
+            self.pipeline.process(id, batch, now, &mut self.pool, &mut self.tx);
+            self.flush();
+            work += n;
+        }
+        work
+    }
+
+    fn grow_pool(&mut self) {
+        for _ in 0..MAX_BATCH {
+            self.pool.free(Packet::with_capacity(self.pool.buf_size()));
+        }
+        self.stats.pool_grown += MAX_BATCH as u64;
+    }
+
+    /// Transmits every pending queue on owned ports, or hands it to the owner.
+    fn flush(&mut self) {
+        let Worker { tx, ports, pool, outgoing, owners, stats, id, .. } = self;
+        for (port, q) in tx.pending() {
+            match ports.get_mut(port.index()).and_then(Option::as_mut) {
+                Some(op) => {
+                    let n = q.len();
+                    let bytes: u64 = q.iter().map(|p| p.len() as u64).sum();
+                    match op.port.tx_burst(pool, q) {
+                        Ok(sent) => {
+                            op.stats.tx_packets += sent as u64;
+                            op.stats.tx_bytes += if sent == n { bytes } else { 0 };
+                            op.stats.tx_dropped += (n - sent) as u64;
+                        }
+                        Err(e) => {
+                            op.stats.tx_errors += 1;
+                            stats.last_error = Some(format!("tx on {}: {e}", op.name));
+                        }
+                    }
+                    pool.free_batch(q);
+                }
+                None => {
+                    let owner = owners
+                        .slots
+                        .get(port.index())
+                        .map_or(NO_OWNER, |s| s.load(Ordering::Relaxed));
+                    if owner == NO_OWNER || usize::from(owner) == *id {
+                        // Nobody serves this port (pod gone mid-flight).
+                        stats.counters.drops[DropReason::TxError as usize] += q.len() as u64;
+                        pool.free_batch(q);
+                        continue;
+                    }
+                    let ring = &outgoing[usize::from(owner)];
+                    for p in q.drain() {
+                        match ring.push(p) {
+                            Ok(()) => stats.handoff_out += 1,
+                            Err(p) => {
+                                stats.counters.drops[DropReason::TxQueueFull as usize] += 1;
+                                pool.free(p);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Transmits packets other workers handed over.
+    fn drain_incoming(&mut self) -> usize {
+        let mut n = 0;
+        for r in 0..self.incoming.len() {
+            while let Some(p) = self.incoming[r].pop() {
+                let q = self.tx.queue(p.meta.out_port);
+                q.push(p);
+                n += 1;
+                if q.is_full() {
+                    self.flush();
+                }
+            }
+        }
+        if n > 0 {
+            self.flush();
+        }
+        n
+    }
+
+    fn publish(&mut self) {
+        self.stats.counters = self.pipeline.counters().clone();
+        self.stats.ports = self
+            .ports
+            .iter()
+            .flatten()
+            .map(|p| (p.id, p.name.clone(), p.stats.clone()))
+            .collect();
+        if let Ok(mut s) = self.shared.stats.lock() {
+            *s = self.stats.clone();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::AllowAll;
+    use crate::table::Mode;
+    use crate::testkit;
+    use std::collections::VecDeque;
+
+    /// A port fed from a shared queue (so the test can push while a worker owns it).
+    struct QueuePort {
+        name: String,
+        rx: Arc<Mutex<VecDeque<Vec<u8>>>>,
+        tx: Arc<Mutex<Vec<Vec<u8>>>>,
+    }
+
+    impl Port for QueuePort {
+        fn name(&self) -> &str {
+            &self.name
+        }
+        fn rx_burst(&mut self, pool: &mut Pool, batch: &mut Batch, max: usize) -> io::Result<usize> {
+            let mut q = self.rx.lock().unwrap();
+            let mut n = 0;
+            while n < max {
+                let Some(f) = q.pop_front() else { break };
+                let mut p = pool.alloc().expect("buffer");
+                p.load(&f);
+                batch.push(p);
+                n += 1;
+            }
+            Ok(n)
+        }
+        fn tx_burst(&mut self, pool: &mut Pool, batch: &mut Batch) -> io::Result<usize> {
+            let n = batch.len();
+            for p in batch.drain() {
+                self.tx.lock().unwrap().push(p.data().to_vec());
+                pool.free(p);
+            }
+            Ok(n)
+        }
+    }
+
+    type Frames = Arc<Mutex<VecDeque<Vec<u8>>>>;
+    type Sent = Arc<Mutex<Vec<Vec<u8>>>>;
+
+    fn qport(name: &str) -> (QueuePort, Frames, Sent) {
+        let rx = Arc::new(Mutex::new(VecDeque::new()));
+        let tx = Arc::new(Mutex::new(Vec::new()));
+        (QueuePort { name: name.into(), rx: rx.clone(), tx: tx.clone() }, rx, tx)
+    }
+
+    fn wait_for(mut f: impl FnMut() -> bool) {
+        let t = Instant::now();
+        while !f() {
+            assert!(t.elapsed() < Duration::from_secs(5), "timed out");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn forwards_across_workers_and_stops() {
+        for workers in [1, 2] {
+            let tables = testkit::node_a(Mode::Vxlan, 0, 0);
+            let cfg = RuntimeConfig { workers, pin: false, pool_size: 256, ..Default::default() };
+            let rt = Runtime::start(&cfg, &tables, || AllowAll).unwrap();
+            let (a1, a1_rx, _) = qport("a1");
+            let (a2, _, a2_tx) = qport("a2");
+            // Ports 2 and 3 land on different workers when there are two.
+            rt.add_port(testkit::POD_A1_PORT, Box::new(a1)).unwrap();
+            rt.add_port(testkit::POD_A2_PORT, Box::new(a2)).unwrap();
+            for i in 0..100u16 {
+                let f = testkit::udp_frame(
+                    testkit::POD_A1_MAC,
+                    crate::table::GATEWAY_MAC,
+                    testkit::POD_A1,
+                    testkit::POD_A2,
+                    i,
+                    9,
+                    80,
+                );
+                a1_rx.lock().unwrap().push_back(f);
+            }
+            rt.wake_all();
+            wait_for(|| a2_tx.lock().unwrap().len() == 100);
+            let stats = rt.stats();
+            assert_eq!(stats.len(), workers);
+            assert!(rt.heartbeat() > 0);
+            let back = rt.remove_port(testkit::POD_A2_PORT);
+            assert!(back.is_some());
+            assert!(rt.remove_port(testkit::POD_A2_PORT).is_none());
+            rt.stop();
+        }
+    }
+}

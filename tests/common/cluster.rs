@@ -1,0 +1,301 @@
+//! A simulated cluster for root integration tests: an underlay switch, node
+//! namespaces each running sluiced, and pods attached through the real CNI
+//! binary exactly as a runtime calls it (environment plus stdin).
+
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{unique, Netns};
+
+/// Where the workspace's binaries are: next to the test executable's `deps/`.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(Path::parent).expect("target directory");
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: build the binaries first (`cargo build --workspace --bins`, which scripts/test does)",
+        p.display()
+    );
+    p
+}
+
+/// An underlay switch: a bridge in a namespace of its own.
+pub struct Underlay {
+    pub ns: Netns,
+}
+
+impl Underlay {
+    pub fn new(tag: &str) -> Underlay {
+        let ns = Netns::new(&unique(&format!("sl{tag}sw")));
+        ns.exec_ok("ip", &["link", "add", "br0", "type", "bridge"]);
+        ns.exec_ok("ip", &["link", "set", "br0", "up"]);
+        Underlay { ns }
+    }
+}
+
+/// One node: a namespace with `ul0` on the underlay and sluiced running.
+pub struct Node {
+    pub name: String,
+    pub ns: Netns,
+    pub ip: Ipv4Addr,
+    pub pod_cidr: String,
+    pub dir: tempfile::TempDir,
+    pub mode: String,
+    pub backend: String,
+    pub peers: Vec<(String, Ipv4Addr, String)>,
+    daemon: Option<std::process::Child>,
+}
+
+impl Node {
+    /// Node `index` (1-based): 198.18.0.index on the underlay, pods in
+    /// 198.19.index.0/24.
+    pub fn new(u: &Underlay, tag: &str, index: u8, mode: &str, backend: &str) -> Node {
+        let ns = Netns::new(&unique(&format!("sl{tag}n{index}")));
+        let ip = Ipv4Addr::new(198, 18, 0, index);
+        let host_end = format!("u{index}{}", &ns.name()[ns.name().len() - 6..]);
+        ns.exec_ok("ip", &["link", "add", "ul0", "type", "veth", "peer", "name", &host_end]);
+        ns.exec_ok("ip", &["link", "set", &host_end, "netns", u.ns.name()]);
+        u.ns.exec_ok("ip", &["link", "set", &host_end, "master", "br0", "up"]);
+        ns.exec_ok("ip", &["addr", "add", &format!("{ip}/24"), "dev", "ul0"]);
+        ns.exec_ok("ip", &["link", "set", "ul0", "address", &format!("02:00:c6:12:00:{index:02x}")]);
+        ns.exec_ok("ip", &["link", "set", "ul0", "up"]);
+        Node {
+            name: format!("node{index}"),
+            ns,
+            ip,
+            pod_cidr: format!("198.19.{index}.0/24"),
+            dir: tempfile::tempdir().expect("temp dir"),
+            mode: mode.into(),
+            backend: backend.into(),
+            peers: Vec::new(),
+            daemon: None,
+        }
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("sluiced.sock")
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("sluiced.toml")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("sluiced.log")
+    }
+
+    /// The node's sluiced.toml.
+    pub fn config(&self) -> String {
+        let mut c = format!(
+            "node_name = \"{}\"\nmode = \"{}\"\nuplink = \"ul0\"\npod_cidr = \"{}\"\ncluster_cidr = \"198.19.0.0/16\"\n\
+             uplink_backend = \"{}\"\nstate_dir = \"{}\"\napi_socket = \"{}\"\nmetrics_listen = \"127.0.0.1:0\"\nworkers = 1\n",
+            self.name,
+            self.mode,
+            self.pod_cidr,
+            self.backend,
+            self.dir.path().join("state").display(),
+            self.socket().display(),
+        );
+        for (name, ip, cidr) in &self.peers {
+            c += &format!("\n[[peers]]\nname = \"{name}\"\nnode_ip = \"{ip}\"\npod_cidr = \"{cidr}\"\n");
+        }
+        c
+    }
+
+    /// Starts sluiced inside the node and waits until its API answers.
+    pub fn start(&mut self) {
+        std::fs::write(self.config_path(), self.config()).expect("writing config");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).expect("log file");
+        let child = Command::new("ip")
+            .args(["netns", "exec", self.ns.name()])
+            .arg(bin("sluiced"))
+            .arg("--config")
+            .arg(self.config_path())
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("starting sluiced");
+        self.daemon = Some(child);
+        self.wait_ready();
+    }
+
+    pub fn wait_ready(&mut self) {
+        let t = Instant::now();
+        loop {
+            if self.ctl(&["status"]).0 {
+                return;
+            }
+            if let Some(Ok(Some(st))) = self.daemon.as_mut().map(|c| c.try_wait()) {
+                panic!("sluiced on {} exited ({st}):\n{}", self.name, self.log());
+            }
+            assert!(t.elapsed() < Duration::from_secs(20), "sluiced on {} not ready:\n{}", self.name, self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// SIGKILL, as a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.daemon.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, and wait.
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut c = self.daemon.take()?;
+        let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(10) {
+            if let Ok(Some(st)) = c.try_wait() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        c.wait().ok()
+    }
+
+    /// Runs sluicectl against this node: (success, stdout, stderr).
+    pub fn ctl(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(bin("sluicectl"))
+            .arg("--socket")
+            .arg(self.socket())
+            .args(args)
+            .output()
+            .expect("running sluicectl");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    pub fn ctl_json(&self, what: &str) -> serde_json::Value {
+        let (ok, out, err) = self.ctl(&["--json", what]);
+        assert!(ok, "sluicectl {what}: {err}");
+        serde_json::from_str(&out).expect("sluicectl JSON")
+    }
+
+    pub fn apply(&self, yaml: &str) -> (bool, String) {
+        let p = self.dir.path().join(format!("apply-{}.yaml", unique("")));
+        std::fs::write(&p, yaml).expect("write yaml");
+        let (ok, out, err) = self.ctl(&["apply", "-f", p.to_str().unwrap()]);
+        (ok, out + &err)
+    }
+
+    /// The CNI network configuration this node's plugin is called with.
+    pub fn cni_config(&self, version: &str) -> String {
+        format!(
+            r#"{{"cniVersion":"{version}","name":"sluice","type":"sluice","socket":"{}"}}"#,
+            self.socket().display()
+        )
+    }
+
+    /// Runs the CNI plugin as a runtime does.
+    pub fn cni(&self, command: &str, container_id: &str, netns: &str, ifname: &str, args: &str, stdin: &str) -> CniOutcome {
+        let mut child = Command::new(bin("sluice"))
+            .env_clear()
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", container_id)
+            .env("CNI_NETNS", netns)
+            .env("CNI_IFNAME", ifname)
+            .env("CNI_ARGS", args)
+            .env("CNI_PATH", "/opt/cni/bin:/usr/lib/cni")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("running the CNI plugin");
+        child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        CniOutcome {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Creates a pod namespace and attaches it (ADD); panics on failure.
+    pub fn add_pod(&self, name: &str) -> Pod {
+        let ns = Netns::new(&unique(&format!("{}p", &self.ns.name()[..self.ns.name().len().min(8)])));
+        let container_id = unique(&format!("ctr{name}"));
+        let netns = format!("/var/run/netns/{}", ns.name());
+        let args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={name};K8S_POD_UID=uid-{name}");
+        let out = self.cni("ADD", &container_id, &netns, "eth0", &args, &self.cni_config("1.1.0"));
+        assert_eq!(out.code, 0, "ADD {name} on {}: {}{}\n{}", self.name, out.stdout, out.stderr, self.log());
+        let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("ADD result JSON");
+        let addr = v["ips"][0]["address"].as_str().expect("address").to_owned();
+        let ip: Ipv4Addr = addr.split('/').next().unwrap().parse().unwrap();
+        Pod { name: name.into(), ns, ip, container_id, netns, result: v }
+    }
+
+    pub fn del_pod(&self, pod: &Pod) -> CniOutcome {
+        self.cni("DEL", &pod.container_id, &pod.netns, "eth0", "IgnoreUnknown=1", &self.cni_config("1.1.0"))
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub struct CniOutcome {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// An attached pod.
+pub struct Pod {
+    pub name: String,
+    pub ns: Netns,
+    pub ip: Ipv4Addr,
+    pub container_id: String,
+    pub netns: String,
+    pub result: serde_json::Value,
+}
+
+impl Pod {
+    pub fn ping(&self, dst: Ipv4Addr, count: u32) -> bool {
+        let out = self.ns.exec("ping", &["-c", &count.to_string(), "-i", "0.2", "-W", "2", &dst.to_string()]);
+        out.status.success()
+    }
+
+    /// Pings until one answer arrives or `timeout` passes.
+    pub fn ping_until(&self, dst: Ipv4Addr, timeout: Duration) -> bool {
+        let t = Instant::now();
+        while t.elapsed() < timeout {
+            if self.ns.exec("ping", &["-c", "1", "-W", "1", &dst.to_string()]).status.success() {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// A TCP transfer to `dst` where an iperf3 server runs: bytes received.
+    pub fn tcp_transfer(&self, server: &Pod, seconds: u32) -> f64 {
+        let mut srv = server.ns.spawn("iperf3", &["-s", "-1", "-B", &server.ip.to_string()]);
+        std::thread::sleep(Duration::from_millis(300));
+        let out = self.ns.exec(
+            "iperf3",
+            &["-c", &server.ip.to_string(), "-t", &seconds.to_string(), "-J", "--connect-timeout", "3000"],
+        );
+        let _ = srv.wait_timeout(Duration::from_secs(2));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v["end"]["sum_received"]["bytes"].as_f64().unwrap_or(0.0)
+    }
+}

