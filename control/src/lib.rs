@@ -9,3 +9,5 @@ pub mod store;
 pub mod daemon;
 #[cfg(feature = "daemon")]
 pub mod policy;
+#[cfg(feature = "daemon")]
+pub mod config;

@@ -63,9 +63,49 @@ pub struct Settings {
     pub peers: Vec<PeerSpec>,
 }
 
+impl Settings {
+    /// The daemon's settings from a resolved configuration (file datastore).
+    pub fn from_resolved(r: &crate::config::Resolved) -> Result<Settings, DaemonError> {
+        use crate::config::UplinkBackend;
+        let pod_cidr = r.pod_cidr.ok_or_else(|| DaemonError::Config {
+            key: "pod_cidr",
+            reason: "required: this build keeps cluster state in the local file store".into(),
+        })?;
+        Ok(Settings {
+            node_name: r.node_name.clone(),
+            mode: r.mode,
+            uplink: r.uplink.clone(),
+            node_ip: r.node_ip,
+            pod_cidr,
+            cluster_cidr: r.cluster_cidr,
+            vni: r.vni,
+            vxlan_port: r.vxlan_port,
+            pod_mtu: r.pod_mtu,
+            vtep_mac: r.vtep_mac,
+            workers: usize::from(r.workers),
+            backend: match r.uplink_backend {
+                UplinkBackend::Auto => Backend::Auto,
+                UplinkBackend::AfXdp => Backend::AfXdp,
+                UplinkBackend::Socket => Backend::Socket,
+            },
+            state_dir: r.state_dir.clone(),
+            api_socket: r.api_socket.clone(),
+            host_port: r.host_port,
+            host_ifname: r.host_ifname.clone(),
+            peers: r
+                .peers
+                .iter()
+                .map(|p| PeerSpec { name: p.name.clone(), node_ip: p.node_ip, pod_cidr: p.pod_cidr, vtep_mac: Some(p.vtep_mac) })
+                .collect(),
+        })
+    }
+}
+
 /// Why the daemon could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
+    #[error("configuration key {key}: {reason}")]
+    Config { key: &'static str, reason: String },
     #[error(transparent)]
     Net(#[from] net::NetError),
     #[error("node state: {0}")]
