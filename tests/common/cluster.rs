@@ -49,6 +49,8 @@ pub struct Node {
     pub mode: String,
     pub backend: String,
     pub peers: Vec<(String, Ipv4Addr, String)>,
+    /// Appended to the generated sluiced.toml.
+    pub extra_config: String,
     daemon: Option<std::process::Child>,
 }
 
@@ -74,6 +76,7 @@ impl Node {
             mode: mode.into(),
             backend: backend.into(),
             peers: Vec::new(),
+            extra_config: String::new(),
             daemon: None,
         }
     }
@@ -105,11 +108,17 @@ impl Node {
         for (name, ip, cidr) in &self.peers {
             c += &format!("\n[[peers]]\nname = \"{name}\"\nnode_ip = \"{ip}\"\npod_cidr = \"{cidr}\"\n");
         }
-        c
+        c + &self.extra_config
     }
 
     /// Starts sluiced inside the node and waits until its API answers.
     pub fn start(&mut self) {
+        self.spawn();
+        self.wait_ready();
+    }
+
+    /// Starts sluiced without waiting.
+    pub fn spawn(&mut self) {
         std::fs::write(self.config_path(), self.config()).expect("writing config");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).expect("log file");
         let child = Command::new("ip")
@@ -124,7 +133,11 @@ impl Node {
             .spawn()
             .expect("starting sluiced");
         self.daemon = Some(child);
-        self.wait_ready();
+    }
+
+    /// The daemon's pid, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.daemon.as_ref().map(|c| c.id())
     }
 
     pub fn wait_ready(&mut self) {
