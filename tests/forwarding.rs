@@ -31,7 +31,12 @@ fn pod_to_pod(mode: &str, backend: &str) {
     let a1 = a.add_pod("a1");
     let a2 = a.add_pod("a2");
     let b1 = b.add_pod("b1");
-    assert!(a1.ping_until(b1.ip, Duration::from_secs(10)), "a1 -> b1 ({mode}/{backend})\nA:\n{}\nB:\n{}", a.log(), b.log());
+    assert!(
+        a1.ping_until(b1.ip, Duration::from_secs(10)),
+        "a1 -> b1 ({mode}/{backend})\nA:\n{}\nB:\n{}",
+        a.log(),
+        b.log()
+    );
     assert!(b1.ping(a1.ip, 2), "b1 -> a1");
     assert!(a1.ping(a2.ip, 2), "a1 -> a2 on one node");
     let bytes = a1.tcp_transfer(&b1, 2);
@@ -44,7 +49,10 @@ fn pod_to_pod(mode: &str, backend: &str) {
         "ipip" => "ipip_encap",
         _ => "native_out",
     };
-    assert!(stats["counters"][enc].as_u64().unwrap_or(0) > 100, "{enc} counted: {stats}");
+    assert!(
+        stats["counters"][enc].as_u64().unwrap_or(0) > 100,
+        "{enc} counted: {stats}"
+    );
 }
 
 #[test]
@@ -75,4 +83,47 @@ fn ipip_af_xdp() {
 #[test]
 fn native_af_xdp() {
     pod_to_pod("native", "af_xdp");
+}
+
+/// Nodes learn their peers from Node objects applied with sluicectl (no
+/// peers in the config); deleting the Node withdraws the route.
+#[test]
+fn peers_from_node_objects() {
+    if skip_unless_root() {
+        return;
+    }
+    let u = Underlay::new("ko");
+    let mut a = Node::new(&u, "ko", 1, "vxlan", "socket");
+    let mut b = Node::new(&u, "ko", 2, "vxlan", "socket");
+    a.start();
+    b.start();
+    let nodes = "apiVersion: v1\nkind: Node\nmetadata: {name: node1}\nspec: {podCIDR: 198.19.1.0/24}\nstatus: {addresses: [{type: InternalIP, address: 198.18.0.1}]}\n---\n\
+                 apiVersion: v1\nkind: Node\nmetadata: {name: node2}\nspec: {podCIDR: 198.19.2.0/24}\nstatus: {addresses: [{type: InternalIP, address: 198.18.0.2}]}\n";
+    for n in [&a, &b] {
+        let (ok, out) = n.apply(nodes);
+        assert!(ok, "apply: {out}");
+    }
+    let a1 = a.add_pod("a1");
+    let b1 = b.add_pod("b1");
+    assert!(a1.ping_until(b1.ip, Duration::from_secs(10)), "{}", a.log());
+    let peers = a.ctl_json("nodes");
+    assert_eq!(peers.as_array().map(Vec::len), Some(1), "{peers}");
+    assert_eq!(peers[0]["source"], "api");
+    // A bad document changes nothing and says what is wrong.
+    let (ok, out) = a.apply("apiVersion: v1\nkind: Node\nmetadata: {name: node3}\nspec: {}\n");
+    assert!(!ok && out.contains("node3"), "{out}");
+    // Deleting node2 withdraws its route; the state survives a restart.
+    let p = a.dir.path().join("del.yaml");
+    std::fs::write(&p, "apiVersion: v1\nkind: Node\nmetadata: {name: node2}\n").unwrap();
+    let (ok, _, err) = a.ctl(&["delete", "-f", p.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(!a1.ping(b1.ip, 1));
+    let (ok, _) = a.apply(nodes);
+    assert!(ok);
+    a.kill();
+    a.start();
+    assert!(
+        a1.ping_until(b1.ip, Duration::from_secs(10)),
+        "peers restored from state"
+    );
 }

@@ -24,12 +24,60 @@ fn kernel_vxlan_peer_interoperates() {
     let b_vtep = "02:5e:00:00:00:02";
     let a_vtep = "02:53:c6:12:00:01"; // Sluice's default VTEP MAC for 198.18.0.1
     let sh = |args: &[&str]| b.ns.exec_ok(args[0], &args[1..]);
-    sh(&["ip", "link", "add", "vx0", "address", b_vtep, "type", "vxlan", "id", "4096", "local", "198.18.0.2", "dstport", "4789", "dev", "ul0", "nolearning"]);
+    sh(&[
+        "ip",
+        "link",
+        "add",
+        "vx0",
+        "address",
+        b_vtep,
+        "type",
+        "vxlan",
+        "id",
+        "4096",
+        "local",
+        "198.18.0.2",
+        "dstport",
+        "4789",
+        "dev",
+        "ul0",
+        "nolearning",
+    ]);
     sh(&["ip", "link", "set", "vx0", "mtu", "1450", "up"]);
     sh(&["ip", "addr", "add", "198.19.2.0/32", "dev", "vx0"]);
-    sh(&["ip", "neigh", "add", "198.19.1.0", "lladdr", a_vtep, "dev", "vx0", "nud", "permanent"]);
-    sh(&["bridge", "fdb", "append", a_vtep, "dev", "vx0", "dst", "198.18.0.1"]);
-    sh(&["ip", "route", "add", "198.19.1.0/24", "via", "198.19.1.0", "dev", "vx0", "onlink"]);
+    sh(&[
+        "ip",
+        "neigh",
+        "add",
+        "198.19.1.0",
+        "lladdr",
+        a_vtep,
+        "dev",
+        "vx0",
+        "nud",
+        "permanent",
+    ]);
+    sh(&[
+        "bridge",
+        "fdb",
+        "append",
+        a_vtep,
+        "dev",
+        "vx0",
+        "dst",
+        "198.18.0.1",
+    ]);
+    sh(&[
+        "ip",
+        "route",
+        "add",
+        "198.19.1.0/24",
+        "via",
+        "198.19.1.0",
+        "dev",
+        "vx0",
+        "onlink",
+    ]);
     sh(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
     // veth hands partially checksummed frames to its peer (a NIC would finish
     // them); make the kernel node finish them, as on a real wire.
@@ -37,7 +85,19 @@ fn kernel_vxlan_peer_interoperates() {
     sh(&["ethtool", "-K", "vx0", "tx", "off"]);
     // A pod on B behind a veth, routed by B's kernel.
     let pb = Netns::new(&unique("slkxpb"));
-    sh(&["ip", "link", "add", "vpb", "type", "veth", "peer", "name", "eth0", "netns", pb.name()]);
+    sh(&[
+        "ip",
+        "link",
+        "add",
+        "vpb",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        pb.name(),
+    ]);
     sh(&["ip", "addr", "add", "198.19.2.1/24", "dev", "vpb"]);
     sh(&["ip", "link", "set", "vpb", "mtu", "1450", "up"]);
     sh(&["ethtool", "-K", "vpb", "tx", "off"]);
@@ -53,21 +113,40 @@ fn kernel_vxlan_peer_interoperates() {
     a.start();
     let a1 = a.add_pod("a1");
     let kb = Ipv4Addr::new(198, 19, 2, 10);
-    assert!(a1.ping_until(kb, Duration::from_secs(10)), "sluice pod -> kernel pod\n{}", a.log());
-    assert!(pb.exec("ping", &["-c", "2", "-W", "2", &a1.ip.to_string()]).status.success(), "kernel pod -> sluice pod");
+    assert!(
+        a1.ping_until(kb, Duration::from_secs(10)),
+        "sluice pod -> kernel pod\n{}",
+        a.log()
+    );
+    assert!(
+        pb.exec("ping", &["-c", "2", "-W", "2", &a1.ip.to_string()])
+            .status
+            .success(),
+        "kernel pod -> sluice pod"
+    );
     // TCP both ways.
     let mut srv = pb.spawn("iperf3", &["-s", "-1", "-B", "198.19.2.10"]);
     std::thread::sleep(Duration::from_millis(300));
-    let out = a1.ns.exec("iperf3", &["-c", "198.19.2.10", "-t", "1", "-J"]);
+    let out = a1
+        .ns
+        .exec("iperf3", &["-c", "198.19.2.10", "-t", "1", "-J"]);
     let _ = srv.wait_timeout(Duration::from_secs(2));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    assert!(v["end"]["sum_received"]["bytes"].as_f64().unwrap_or(0.0) > 1e5, "TCP sluice -> kernel: {v}");
-    let mut srv = a1.ns.spawn("iperf3", &["-s", "-1", "-B", &a1.ip.to_string()]);
+    assert!(
+        v["end"]["sum_received"]["bytes"].as_f64().unwrap_or(0.0) > 1e5,
+        "TCP sluice -> kernel: {v}"
+    );
+    let mut srv = a1
+        .ns
+        .spawn("iperf3", &["-s", "-1", "-B", &a1.ip.to_string()]);
     std::thread::sleep(Duration::from_millis(300));
     let out = pb.exec("iperf3", &["-c", &a1.ip.to_string(), "-t", "1", "-J"]);
     let _ = srv.wait_timeout(Duration::from_secs(2));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    assert!(v["end"]["sum_received"]["bytes"].as_f64().unwrap_or(0.0) > 1e5, "TCP kernel -> sluice: {v}");
+    assert!(
+        v["end"]["sum_received"]["bytes"].as_f64().unwrap_or(0.0) > 1e5,
+        "TCP kernel -> sluice: {v}"
+    );
     drop(pb);
 }
 
@@ -84,33 +163,79 @@ fn node_reaches_its_pods_and_pods_reach_outside() {
         a.start();
         let a1 = a.add_pod("a1");
         // The node's own traffic on the uplink is untouched while sluiced runs.
-        assert!(a.ns.exec("ping", &["-c", "2", "-W", "2", "198.18.0.2"]).status.success(), "node ping ({backend})");
+        assert!(
+            a.ns.exec("ping", &["-c", "2", "-W", "2", "198.18.0.2"])
+                .status
+                .success(),
+            "node ping ({backend})"
+        );
         let mut srv = b.ns.spawn("iperf3", &["-s", "-1", "-B", "198.18.0.2"]);
         std::thread::sleep(Duration::from_millis(300));
         let out = a.ns.exec("iperf3", &["-c", "198.18.0.2", "-t", "1", "-J"]);
         let _ = srv.wait_timeout(Duration::from_secs(2));
-        assert!(out.status.success(), "node TCP ({backend}): {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "node TCP ({backend}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         // The node reaches its pod (kubelet probes): ping and a TCP connection.
-        assert!(a.ns.exec("ping", &["-c", "2", "-W", "2", &a1.ip.to_string()]).status.success(), "node -> pod\n{}", a.log());
-        let mut srv = a1.ns.spawn("iperf3", &["-s", "-1", "-B", &a1.ip.to_string()]);
+        assert!(
+            a.ns.exec("ping", &["-c", "2", "-W", "2", &a1.ip.to_string()])
+                .status
+                .success(),
+            "node -> pod\n{}",
+            a.log()
+        );
+        let mut srv = a1
+            .ns
+            .spawn("iperf3", &["-s", "-1", "-B", &a1.ip.to_string()]);
         std::thread::sleep(Duration::from_millis(300));
-        let out = a.ns.exec("iperf3", &["-c", &a1.ip.to_string(), "-t", "1", "-J"]);
+        let out =
+            a.ns.exec("iperf3", &["-c", &a1.ip.to_string(), "-t", "1", "-J"]);
         let _ = srv.wait_timeout(Duration::from_secs(2));
-        assert!(out.status.success(), "node TCP -> pod ({backend}): {}", String::from_utf8_lossy(&out.stdout));
+        assert!(
+            out.status.success(),
+            "node TCP -> pod ({backend}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
         // An 'outside' network behind the node, which masquerades pod traffic.
         let out_ns = Netns::new(&unique(&format!("sl{tag}out")));
-        a.ns.exec_ok("ip", &["link", "add", "ext0", "type", "veth", "peer", "name", "eth0", "netns", out_ns.name()]);
+        a.ns.exec_ok(
+            "ip",
+            &[
+                "link",
+                "add",
+                "ext0",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                out_ns.name(),
+            ],
+        );
         a.ns.exec_ok("ip", &["addr", "add", "198.18.99.1/24", "dev", "ext0"]);
         a.ns.exec_ok("ip", &["link", "set", "ext0", "up"]);
         out_ns.exec_ok("ip", &["addr", "add", "198.18.99.2/24", "dev", "eth0"]);
         out_ns.exec_ok("ip", &["link", "set", "eth0", "up"]);
         a.ns.exec_ok("nft", &["add table ip nat; add chain ip nat post { type nat hook postrouting priority 100; }; add rule ip nat post ip saddr 198.19.0.0/16 oifname ext0 masquerade"]);
-        assert!(a1.ping_until(Ipv4Addr::new(198, 18, 99, 2), Duration::from_secs(5)), "pod -> outside ({backend})\n{}", a.log());
+        assert!(
+            a1.ping_until(Ipv4Addr::new(198, 18, 99, 2), Duration::from_secs(5)),
+            "pod -> outside ({backend})\n{}",
+            a.log()
+        );
         let mut srv = out_ns.spawn("iperf3", &["-s", "-1", "-B", "198.18.99.2"]);
         std::thread::sleep(Duration::from_millis(300));
-        let out = a1.ns.exec("iperf3", &["-c", "198.18.99.2", "-t", "1", "-J"]);
+        let out = a1
+            .ns
+            .exec("iperf3", &["-c", "198.18.99.2", "-t", "1", "-J"]);
         let _ = srv.wait_timeout(Duration::from_secs(2));
-        assert!(out.status.success(), "pod TCP -> outside ({backend}): {}", String::from_utf8_lossy(&out.stdout));
+        assert!(
+            out.status.success(),
+            "pod TCP -> outside ({backend}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
     }
 }
 
@@ -129,29 +254,56 @@ fn sigkill_keeps_pods_and_restart_resumes_traffic() {
     let a1 = a.add_pod("a1");
     let b1 = b.add_pod("b1");
     assert!(a1.ping_until(b1.ip, Duration::from_secs(10)));
-    let before = a1.ns.exec_ok("ip", &["-4", "-o", "addr", "show", "dev", "eth0"]);
+    let before = a1
+        .ns
+        .exec_ok("ip", &["-4", "-o", "addr", "show", "dev", "eth0"]);
     // Without sluiced holding the TAP its carrier is down ("linkdown"); the
     // routes themselves stay.
     let routes = |p: &common::cluster::Pod| p.ns.exec_ok("ip", &["route"]).replace(" linkdown", "");
     let routes_before = routes(&a1);
     a.kill();
     // The pod keeps its interface, address and routes with sluiced gone.
-    assert_eq!(a1.ns.exec_ok("ip", &["-4", "-o", "addr", "show", "dev", "eth0"]), before);
+    assert_eq!(
+        a1.ns
+            .exec_ok("ip", &["-4", "-o", "addr", "show", "dev", "eth0"]),
+        before
+    );
     assert_eq!(routes(&a1), routes_before);
     assert!(!a1.ping(b1.ip, 1), "traffic while sluiced is down");
     // CNI ADD during the outage: try again later (11), nothing changed.
     let pod_ns = Netns::new(&unique("slrsp"));
-    let out = a.cni("ADD", "ctr-outage", &format!("/var/run/netns/{}", pod_ns.name()), "eth0", "", &a.cni_config("1.1.0"));
+    let out = a.cni(
+        "ADD",
+        "ctr-outage",
+        &format!("/var/run/netns/{}", pod_ns.name()),
+        "eth0",
+        "",
+        &a.cni_config("1.1.0"),
+    );
     assert_ne!(out.code, 0);
     let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(v["code"], 11, "{}", out.stdout);
-    assert!(!pod_ns.exec("ip", &["link", "show", "eth0"]).status.success(), "half-made interface");
+    assert!(
+        !pod_ns
+            .exec("ip", &["link", "show", "eth0"])
+            .status
+            .success(),
+        "half-made interface"
+    );
     // Restart: traffic resumes with no change inside the pod.
     let t = Instant::now();
     a.start();
-    assert!(a1.ping_until(b1.ip, Duration::from_secs(10)), "after restart\n{}", a.log());
+    assert!(
+        a1.ping_until(b1.ip, Duration::from_secs(10)),
+        "after restart\n{}",
+        a.log()
+    );
     eprintln!("traffic resumed {:?} after restart began", t.elapsed());
-    assert_eq!(a1.ns.exec_ok("ip", &["-4", "-o", "addr", "show", "dev", "eth0"]), before);
+    assert_eq!(
+        a1.ns
+            .exec_ok("ip", &["-4", "-o", "addr", "show", "dev", "eth0"]),
+        before
+    );
     let eps = a.ctl_json("endpoints");
     assert_eq!(eps.as_array().map(Vec::len), Some(1), "{eps}");
     assert_eq!(eps[0]["attached"], true);

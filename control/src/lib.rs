@@ -11,3 +11,5 @@ pub mod daemon;
 pub mod policy;
 #[cfg(feature = "daemon")]
 pub mod config;
+#[cfg(feature = "daemon")]
+pub mod k8s;

@@ -132,9 +132,15 @@ impl<P: Policy> Pipeline<P> {
         );
         run!(Next::EthInput, stage::input::eth_input(t, counters, pkts));
         run!(Next::Arp, stage::input::arp(t, counters, pkts));
-        run!(Next::Ipv4Input, stage::input::ipv4_input(t, counters, pkts));
+        run!(
+            Next::Ipv4Input,
+            stage::input::ipv4_input(t, counters, pkts, P::ENFORCES)
+        );
         run!(Next::PolicyEgress, policy_stage(t, policy, now, pkts, true));
-        run!(Next::Lookup, stage::lookup::lookup(t, counters, pkts));
+        run!(
+            Next::Lookup,
+            stage::lookup::lookup(t, counters, pkts, P::ENFORCES)
+        );
         run!(
             Next::PolicyIngress,
             policy_stage(t, policy, now, pkts, false)

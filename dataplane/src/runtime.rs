@@ -104,8 +104,14 @@ struct Shared {
 }
 
 enum Command {
-    AddPort { id: PortId, port: BoxPort },
-    RemovePort { id: PortId, reply: Sender<Option<BoxPort>> },
+    AddPort {
+        id: PortId,
+        port: BoxPort,
+    },
+    RemovePort {
+        id: PortId,
+        reply: Sender<Option<BoxPort>>,
+    },
 }
 
 struct WorkerHandle {
@@ -126,7 +132,9 @@ pub struct Runtime {
 
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Runtime").field("workers", &self.workers.len()).finish()
+        f.debug_struct("Runtime")
+            .field("workers", &self.workers.len())
+            .finish()
     }
 }
 
@@ -150,11 +158,18 @@ impl Runtime {
     {
         let n = cfg.workers.clamp(1, 64);
         let port_owner = Arc::new(OwnerMap {
-            slots: (0..MAX_PORTS).map(|_| std::sync::atomic::AtomicU8::new(NO_OWNER)).collect(),
+            slots: (0..MAX_PORTS)
+                .map(|_| std::sync::atomic::AtomicU8::new(NO_OWNER))
+                .collect(),
         });
         // rings[from][to]
-        let rings: Vec<Vec<Arc<ArrayQueue<Packet>>>> =
-            (0..n).map(|_| (0..n).map(|_| Arc::new(ArrayQueue::new(4 * MAX_BATCH))).collect()).collect();
+        let rings: Vec<Vec<Arc<ArrayQueue<Packet>>>> = (0..n)
+            .map(|_| {
+                (0..n)
+                    .map(|_| Arc::new(ArrayQueue::new(4 * MAX_BATCH)))
+                    .collect()
+            })
+            .collect();
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let mut workers = Vec::with_capacity(n);
         for i in 0..n {
@@ -162,7 +177,10 @@ impl Runtime {
             let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
             let (tx, rx) = crossbeam_channel::unbounded();
             let shared = Arc::new(Shared {
-                stats: Mutex::new(WorkerStats { worker: i, ..Default::default() }),
+                stats: Mutex::new(WorkerStats {
+                    worker: i,
+                    ..Default::default()
+                }),
                 heartbeat: AtomicU64::new(0),
                 stop: AtomicBool::new(false),
             });
@@ -180,13 +198,31 @@ impl Runtime {
                 outgoing: rings[i].clone(),
                 incoming: rings.iter().map(|r| r[i].clone()).collect(),
                 owners: port_owner.clone(),
-                stats: WorkerStats { worker: i, ..Default::default() },
-                core: if cfg.pin && !cores.is_empty() { Some(cores[i % cores.len()]) } else { None },
+                stats: WorkerStats {
+                    worker: i,
+                    ..Default::default()
+                },
+                core: if cfg.pin && !cores.is_empty() {
+                    Some(cores[i % cores.len()])
+                } else {
+                    None
+                },
             };
-            let thread = std::thread::Builder::new().name(format!("sluice-w{i}")).spawn(move || w.run())?;
-            workers.push(WorkerHandle { commands: tx, waker, shared, thread: Some(thread) });
+            let thread = std::thread::Builder::new()
+                .name(format!("sluice-w{i}"))
+                .spawn(move || w.run())?;
+            workers.push(WorkerHandle {
+                commands: tx,
+                waker,
+                shared,
+                thread: Some(thread),
+            });
         }
-        Ok(Runtime { workers, owners: Mutex::new(vec![None; MAX_PORTS]), port_owner })
+        Ok(Runtime {
+            workers,
+            owners: Mutex::new(vec![None; MAX_PORTS]),
+            port_owner,
+        })
     }
 
     pub fn workers(&self) -> usize {
@@ -197,19 +233,31 @@ impl Runtime {
     /// ports spread by id.
     pub fn add_port(&self, id: PortId, port: BoxPort) -> io::Result<()> {
         if id.index() >= MAX_PORTS {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("port id {} over {MAX_PORTS}", id.0)));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("port id {} over {MAX_PORTS}", id.0),
+            ));
         }
-        let w = if id.is_pod() { id.index() % self.workers.len() } else { 0 };
+        let w = if id.is_pod() {
+            id.index() % self.workers.len()
+        } else {
+            0
+        };
         let mut owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
         if owners[id.index()].is_some() {
-            return Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("port {id} is already attached")));
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("port {id} is already attached"),
+            ));
         }
         owners[id.index()] = Some(w);
         // Release: pairs with the workers' relaxed loads; a worker that reads
         // the old value only mis-routes packets for a port not yet serving.
         self.port_owner.slots[id.index()].store(w as u8, Ordering::Release);
         let h = &self.workers[w];
-        h.commands.send(Command::AddPort { id, port }).map_err(|_| io::Error::other("worker stopped"))?;
+        h.commands
+            .send(Command::AddPort { id, port })
+            .map_err(|_| io::Error::other("worker stopped"))?;
         h.waker.wake()
     }
 
@@ -223,7 +271,9 @@ impl Runtime {
         self.port_owner.slots[id.index()].store(NO_OWNER, Ordering::Release);
         let h = &self.workers[w];
         let (tx, rx) = crossbeam_channel::bounded(1);
-        h.commands.send(Command::RemovePort { id, reply: tx }).ok()?;
+        h.commands
+            .send(Command::RemovePort { id, reply: tx })
+            .ok()?;
         h.waker.wake().ok()?;
         rx.recv_timeout(Duration::from_secs(5)).ok().flatten()
     }
@@ -232,14 +282,23 @@ impl Runtime {
     pub fn stats(&self) -> Vec<WorkerStats> {
         self.workers
             .iter()
-            .map(|h| h.shared.stats.lock().unwrap_or_else(|e| e.into_inner()).clone())
+            .map(|h| {
+                h.shared
+                    .stats
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone()
+            })
             .collect()
     }
 
     /// Sum of the workers' loop counters: grows while workers are alive (for
     /// the service watchdog).
     pub fn heartbeat(&self) -> u64 {
-        self.workers.iter().map(|h| h.shared.heartbeat.load(Ordering::Relaxed)).sum()
+        self.workers
+            .iter()
+            .map(|h| h.shared.heartbeat.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// Asks every worker to refresh its stats now.
@@ -374,8 +433,13 @@ impl<P: Policy> Worker<P> {
                     if self.ports.len() <= id.index() {
                         self.ports.resize_with(id.index() + 1, || None);
                     }
-                    self.ports[id.index()] =
-                        Some(OwnedPort { id, name, port, has_fd, stats: PortStats::default() });
+                    self.ports[id.index()] = Some(OwnedPort {
+                        id,
+                        name,
+                        port,
+                        has_fd,
+                        stats: PortStats::default(),
+                    });
                     // Frames may already wait (edge-triggered epoll saw none yet).
                     self.ready.push(id);
                 }
@@ -430,7 +494,8 @@ impl<P: Policy> Worker<P> {
             if n == 0 {
                 continue;
             }
-            self.pipeline.process(id, batch, now, &mut self.pool, &mut self.tx);
+            self.pipeline
+                .process(id, batch, now, &mut self.pool, &mut self.tx);
             self.flush();
             work += n;
         }
@@ -446,7 +511,16 @@ impl<P: Policy> Worker<P> {
 
     /// Transmits every pending queue on owned ports, or hands it to the owner.
     fn flush(&mut self) {
-        let Worker { tx, ports, pool, outgoing, owners, stats, id, .. } = self;
+        let Worker {
+            tx,
+            ports,
+            pool,
+            outgoing,
+            owners,
+            stats,
+            id,
+            ..
+        } = self;
         for (port, q) in tx.pending() {
             match ports.get_mut(port.index()).and_then(Option::as_mut) {
                 Some(op) => {
@@ -543,7 +617,12 @@ mod tests {
         fn name(&self) -> &str {
             &self.name
         }
-        fn rx_burst(&mut self, pool: &mut Pool, batch: &mut Batch, max: usize) -> io::Result<usize> {
+        fn rx_burst(
+            &mut self,
+            pool: &mut Pool,
+            batch: &mut Batch,
+            max: usize,
+        ) -> io::Result<usize> {
             let mut q = self.rx.lock().unwrap();
             let mut n = 0;
             while n < max {
@@ -571,7 +650,15 @@ mod tests {
     fn qport(name: &str) -> (QueuePort, Frames, Sent) {
         let rx = Arc::new(Mutex::new(VecDeque::new()));
         let tx = Arc::new(Mutex::new(Vec::new()));
-        (QueuePort { name: name.into(), rx: rx.clone(), tx: tx.clone() }, rx, tx)
+        (
+            QueuePort {
+                name: name.into(),
+                rx: rx.clone(),
+                tx: tx.clone(),
+            },
+            rx,
+            tx,
+        )
     }
 
     fn wait_for(mut f: impl FnMut() -> bool) {
@@ -586,7 +673,12 @@ mod tests {
     fn forwards_across_workers_and_stops() {
         for workers in [1, 2] {
             let tables = testkit::node_a(Mode::Vxlan, 0, 0);
-            let cfg = RuntimeConfig { workers, pin: false, pool_size: 256, ..Default::default() };
+            let cfg = RuntimeConfig {
+                workers,
+                pin: false,
+                pool_size: 256,
+                ..Default::default()
+            };
             let rt = Runtime::start(&cfg, &tables, || AllowAll).unwrap();
             let (a1, a1_rx, _) = qport("a1");
             let (a2, _, a2_tx) = qport("a2");

@@ -37,10 +37,18 @@ fn node_a() -> TableHandle {
     node.vtep_mac = mac("02:5e:00:00:00:01");
     // The captured node answered its pod from its veth's MAC.
     node.gateway_mac = mac("02:00:c6:13:01:01");
-    let tun = Tunnel::vxlan(&node, NODE_B, mac("02:5e:00:00:00:02"), Some(mac("02:00:c6:12:00:02")));
+    let tun = Tunnel::vxlan(
+        &node,
+        NODE_B,
+        mac("02:5e:00:00:00:02"),
+        Some(mac("02:00:c6:12:00:02")),
+    );
     let routes = RouteTable::new([
         ("198.19.1.0/24".parse().unwrap(), NextHop::Local),
-        ("198.19.2.0/24".parse().unwrap(), NextHop::Vxlan(TunnelId(0))),
+        (
+            "198.19.2.0/24".parse().unwrap(),
+            NextHop::Vxlan(TunnelId(0)),
+        ),
     ]);
     let eps = EndpointTable::new([Endpoint {
         ip: POD_A,
@@ -66,7 +74,10 @@ fn run(port: PortId, frame: &[u8]) -> Vec<(PortId, Vec<u8>)> {
     assert!(p.load(frame));
     b.push(p);
     pl.process(port, &mut b, 0, &mut pool, &mut tx);
-    let out = tx.pending().flat_map(|(port, q)| q.iter().map(move |p| (port, p.data().to_vec()))).collect();
+    let out = tx
+        .pending()
+        .flat_map(|(port, q)| q.iter().map(move |p| (port, p.data().to_vec())))
+        .collect();
     assert_eq!(pl.counters().total_drops(), 0, "{:?}", pl.counters());
     out
 }
@@ -99,7 +110,10 @@ fn decap_of_kernel_frames_yields_the_inner_frames() {
         let ip = ipv4::Packet::new_checked(&u[14..]).unwrap();
         assert!(ip.verify_checksum(), "frame {i}");
         let ud = udp::Packet::new_checked(ip.payload()).unwrap();
-        assert!(ud.verify_checksum(ip.src_addr(), ip.dst_addr()), "frame {i}: kernel UDP checksum");
+        assert!(
+            ud.verify_checksum(ip.src_addr(), ip.dst_addr()),
+            "frame {i}: kernel UDP checksum"
+        );
         let vx = vxlan::Packet::new_checked(ud.payload()).unwrap();
         assert!(vx.is_valid() && vx.vni() == 4096);
         assert_eq!(vx.payload(), *inn, "frame {i}: inner frame");
@@ -117,7 +131,10 @@ fn sluice_delivers_what_the_kernel_delivered() {
         let out = run(PortId::UPLINK, u);
         assert_eq!(out.len(), 1, "frame {i}");
         assert_eq!(out[0].0, POD_PORT);
-        assert_eq!(out[0].1, *delivered, "frame {i}: Sluice's delivery differs from the kernel's");
+        assert_eq!(
+            out[0].1, *delivered,
+            "frame {i}: Sluice's delivery differs from the kernel's"
+        );
         n += 1;
     }
     assert!(n >= 8, "only {n} B -> A frames");
@@ -135,7 +152,11 @@ fn sluice_encapsulates_like_the_kernel() {
         assert_eq!(out.len(), 1, "frame {i}");
         let (port, ours) = &out[0];
         assert_eq!(*port, PortId::UPLINK);
-        assert_eq!(mask(ours), mask(kernel), "frame {i}: outer frame differs beyond ID and source port");
+        assert_eq!(
+            mask(ours),
+            mask(kernel),
+            "frame {i}: outer frame differs beyond ID and source port"
+        );
         let ip = ipv4::Packet::new_checked(&ours[14..]).unwrap();
         assert!(ip.verify_checksum(), "frame {i}: our outer IPv4 checksum");
         let ud = udp::Packet::new_checked(ip.payload()).unwrap();

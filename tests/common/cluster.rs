@@ -15,7 +15,10 @@ use super::{unique, Netns};
 /// Where the workspace's binaries are: next to the test executable's `deps/`.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(Path::parent).expect("target directory");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target directory");
     let p = dir.join(name);
     assert!(
         p.exists(),
@@ -61,11 +64,25 @@ impl Node {
         let ns = Netns::new(&unique(&format!("sl{tag}n{index}")));
         let ip = Ipv4Addr::new(198, 18, 0, index);
         let host_end = format!("u{index}{}", &ns.name()[ns.name().len() - 6..]);
-        ns.exec_ok("ip", &["link", "add", "ul0", "type", "veth", "peer", "name", &host_end]);
+        ns.exec_ok(
+            "ip",
+            &[
+                "link", "add", "ul0", "type", "veth", "peer", "name", &host_end,
+            ],
+        );
         ns.exec_ok("ip", &["link", "set", &host_end, "netns", u.ns.name()]);
         u.ns.exec_ok("ip", &["link", "set", &host_end, "master", "br0", "up"]);
         ns.exec_ok("ip", &["addr", "add", &format!("{ip}/24"), "dev", "ul0"]);
-        ns.exec_ok("ip", &["link", "set", "ul0", "address", &format!("02:00:c6:12:00:{index:02x}")]);
+        ns.exec_ok(
+            "ip",
+            &[
+                "link",
+                "set",
+                "ul0",
+                "address",
+                &format!("02:00:c6:12:00:{index:02x}"),
+            ],
+        );
         ns.exec_ok("ip", &["link", "set", "ul0", "up"]);
         Node {
             name: format!("node{index}"),
@@ -106,7 +123,9 @@ impl Node {
             self.socket().display(),
         );
         for (name, ip, cidr) in &self.peers {
-            c += &format!("\n[[peers]]\nname = \"{name}\"\nnode_ip = \"{ip}\"\npod_cidr = \"{cidr}\"\n");
+            c += &format!(
+                "\n[[peers]]\nname = \"{name}\"\nnode_ip = \"{ip}\"\npod_cidr = \"{cidr}\"\n"
+            );
         }
         c + &self.extra_config
     }
@@ -120,7 +139,11 @@ impl Node {
     /// Starts sluiced without waiting.
     pub fn spawn(&mut self) {
         std::fs::write(self.config_path(), self.config()).expect("writing config");
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).expect("log file");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("log file");
         let child = Command::new("ip")
             .args(["netns", "exec", self.ns.name()])
             .arg(bin("sluiced"))
@@ -149,7 +172,12 @@ impl Node {
             if let Some(Ok(Some(st))) = self.daemon.as_mut().map(|c| c.try_wait()) {
                 panic!("sluiced on {} exited ({st}):\n{}", self.name, self.log());
             }
-            assert!(t.elapsed() < Duration::from_secs(20), "sluiced on {} not ready:\n{}", self.name, self.log());
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "sluiced on {} not ready:\n{}",
+                self.name,
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -169,7 +197,9 @@ impl Node {
     /// SIGTERM, and wait.
     pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
         let mut c = self.daemon.take()?;
-        let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
         let t = Instant::now();
         while t.elapsed() < Duration::from_secs(10) {
             if let Ok(Some(st)) = c.try_wait() {
@@ -218,7 +248,15 @@ impl Node {
     }
 
     /// Runs the CNI plugin as a runtime does.
-    pub fn cni(&self, command: &str, container_id: &str, netns: &str, ifname: &str, args: &str, stdin: &str) -> CniOutcome {
+    pub fn cni(
+        &self,
+        command: &str,
+        container_id: &str,
+        netns: &str,
+        ifname: &str,
+        args: &str,
+        stdin: &str,
+    ) -> CniOutcome {
         let mut child = Command::new(bin("sluice"))
             .env_clear()
             .env("CNI_COMMAND", command)
@@ -232,7 +270,12 @@ impl Node {
             .stderr(Stdio::piped())
             .spawn()
             .expect("running the CNI plugin");
-        child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
         let out = child.wait_with_output().unwrap();
         CniOutcome {
             code: out.status.code().unwrap_or(-1),
@@ -243,20 +286,54 @@ impl Node {
 
     /// Creates a pod namespace and attaches it (ADD); panics on failure.
     pub fn add_pod(&self, name: &str) -> Pod {
-        let ns = Netns::new(&unique(&format!("{}p", &self.ns.name()[..self.ns.name().len().min(8)])));
+        let ns = Netns::new(&unique(&format!(
+            "{}p",
+            &self.ns.name()[..self.ns.name().len().min(8)]
+        )));
         let container_id = unique(&format!("ctr{name}"));
         let netns = format!("/var/run/netns/{}", ns.name());
-        let args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={name};K8S_POD_UID=uid-{name}");
-        let out = self.cni("ADD", &container_id, &netns, "eth0", &args, &self.cni_config("1.1.0"));
-        assert_eq!(out.code, 0, "ADD {name} on {}: {}{}\n{}", self.name, out.stdout, out.stderr, self.log());
+        let args = format!(
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={name};K8S_POD_UID=uid-{name}"
+        );
+        let out = self.cni(
+            "ADD",
+            &container_id,
+            &netns,
+            "eth0",
+            &args,
+            &self.cni_config("1.1.0"),
+        );
+        assert_eq!(
+            out.code,
+            0,
+            "ADD {name} on {}: {}{}\n{}",
+            self.name,
+            out.stdout,
+            out.stderr,
+            self.log()
+        );
         let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("ADD result JSON");
         let addr = v["ips"][0]["address"].as_str().expect("address").to_owned();
         let ip: Ipv4Addr = addr.split('/').next().unwrap().parse().unwrap();
-        Pod { name: name.into(), ns, ip, container_id, netns, result: v }
+        Pod {
+            name: name.into(),
+            ns,
+            ip,
+            container_id,
+            netns,
+            result: v,
+        }
     }
 
     pub fn del_pod(&self, pod: &Pod) -> CniOutcome {
-        self.cni("DEL", &pod.container_id, &pod.netns, "eth0", "IgnoreUnknown=1", &self.cni_config("1.1.0"))
+        self.cni(
+            "DEL",
+            &pod.container_id,
+            &pod.netns,
+            "eth0",
+            "IgnoreUnknown=1",
+            &self.cni_config("1.1.0"),
+        )
     }
 }
 
@@ -284,7 +361,18 @@ pub struct Pod {
 
 impl Pod {
     pub fn ping(&self, dst: Ipv4Addr, count: u32) -> bool {
-        let out = self.ns.exec("ping", &["-c", &count.to_string(), "-i", "0.2", "-W", "2", &dst.to_string()]);
+        let out = self.ns.exec(
+            "ping",
+            &[
+                "-c",
+                &count.to_string(),
+                "-i",
+                "0.2",
+                "-W",
+                "2",
+                &dst.to_string(),
+            ],
+        );
         out.status.success()
     }
 
@@ -292,7 +380,12 @@ impl Pod {
     pub fn ping_until(&self, dst: Ipv4Addr, timeout: Duration) -> bool {
         let t = Instant::now();
         while t.elapsed() < timeout {
-            if self.ns.exec("ping", &["-c", "1", "-W", "1", &dst.to_string()]).status.success() {
+            if self
+                .ns
+                .exec("ping", &["-c", "1", "-W", "1", &dst.to_string()])
+                .status
+                .success()
+            {
                 return true;
             }
         }
@@ -301,14 +394,171 @@ impl Pod {
 
     /// A TCP transfer to `dst` where an iperf3 server runs: bytes received.
     pub fn tcp_transfer(&self, server: &Pod, seconds: u32) -> f64 {
-        let mut srv = server.ns.spawn("iperf3", &["-s", "-1", "-B", &server.ip.to_string()]);
+        let mut srv = server
+            .ns
+            .spawn("iperf3", &["-s", "-1", "-B", &server.ip.to_string()]);
         std::thread::sleep(Duration::from_millis(300));
         let out = self.ns.exec(
             "iperf3",
-            &["-c", &server.ip.to_string(), "-t", &seconds.to_string(), "-J", "--connect-timeout", "3000"],
+            &[
+                "-c",
+                &server.ip.to_string(),
+                "-t",
+                &seconds.to_string(),
+                "-J",
+                "--connect-timeout",
+                "3000",
+            ],
         );
         let _ = srv.wait_timeout(Duration::from_secs(2));
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
         v["end"]["sum_received"]["bytes"].as_f64().unwrap_or(0.0)
+    }
+}
+
+// Helpers for the CNI tests (tests/cni.rs, tests/cni_chain.rs).
+
+/// Runs the CNI plugin with exactly `env` as its environment (nothing
+/// inherited) and `stdin`, as a runtime does; for invocations that leave a
+/// variable out or set one the wrong way.
+pub fn cni_exec(env: &[(&str, &str)], stdin: &str) -> CniOutcome {
+    let mut child = Command::new(bin("sluice"))
+        .env_clear()
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running the CNI plugin");
+    // Commands such as VERSION exit without reading stdin: a broken pipe is fine.
+    let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
+    let out = child.wait_with_output().unwrap();
+    CniOutcome {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+impl CniOutcome {
+    /// The error object a failed invocation printed: `{cniVersion, code, msg, details?}`.
+    pub fn error(&self) -> serde_json::Value {
+        assert_ne!(
+            self.code, 0,
+            "expected a failure, got success: {}",
+            self.stdout
+        );
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "error output is not JSON ({e}): {:?} / {:?}",
+                self.stdout, self.stderr
+            )
+        })
+    }
+}
+
+/// Is `name` a pod TAP's host-side name (`sl` + 12 hex digits, see
+/// control/src/daemon/pod.rs)?
+pub fn is_pod_tap_name(name: &str) -> bool {
+    name.len() == 14 && name.starts_with("sl") && name[2..].bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// The names of the links in a namespace (`ip -j link`).
+pub fn links_in(ns: &Netns) -> Vec<String> {
+    let out = ns.exec_ok("ip", &["-j", "link", "show"]);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("ip -j link JSON");
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|l| l["ifname"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// What a node holds, to compare before and after an operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeHoldings {
+    /// `addresses_free` of `sluicectl --json status`.
+    pub addresses_free: u64,
+    /// (container id, ifname) of every record in `sluicectl --json endpoints`.
+    pub endpoints: Vec<(String, String)>,
+    /// Pod TAP names left in the node's namespace (a TAP lives there only between
+    /// its creation and its move into the pod).
+    pub taps: Vec<String>,
+}
+
+impl Node {
+    /// `sluicectl --json status`.
+    pub fn status_json(&self) -> serde_json::Value {
+        self.ctl_json("status")
+    }
+
+    pub fn addresses_free(&self) -> u64 {
+        let st = self.status_json();
+        st["addresses_free"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("addresses_free in {st}"))
+    }
+
+    /// The pod MTU this node configures (`pod_mtu` of the status).
+    pub fn pod_mtu(&self) -> u64 {
+        let st = self.status_json();
+        st["pod_mtu"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("pod_mtu in {st}"))
+    }
+
+    /// The records of `sluicectl --json endpoints`.
+    pub fn endpoints(&self) -> Vec<serde_json::Value> {
+        self.ctl_json("endpoints")
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    pub fn holdings(&self) -> NodeHoldings {
+        let mut endpoints: Vec<(String, String)> = self
+            .endpoints()
+            .iter()
+            .map(|e| {
+                (
+                    e["container_id"].as_str().unwrap_or_default().to_owned(),
+                    e["ifname"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect();
+        endpoints.sort();
+        let mut taps: Vec<String> = links_in(&self.ns)
+            .into_iter()
+            .filter(|n| is_pod_tap_name(n))
+            .collect();
+        taps.sort();
+        NodeHoldings {
+            addresses_free: self.addresses_free(),
+            endpoints,
+            taps,
+        }
+    }
+
+    /// Runs the plugin with a full runtime environment for `command` on
+    /// (`container_id`, `ifname`) in the namespace at `netns`, with this
+    /// node's configuration in `version`.
+    pub fn cni_cmd(
+        &self,
+        command: &str,
+        container_id: &str,
+        netns: &str,
+        ifname: &str,
+        version: &str,
+    ) -> CniOutcome {
+        self.cni(
+            command,
+            container_id,
+            netns,
+            ifname,
+            "IgnoreUnknown=1",
+            &self.cni_config(version),
+        )
     }
 }

@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use sluice_control::api::{Answer, Client, ClientError, Request, CONNECT_TIMEOUT, DEFAULT_SOCKET};
 
 #[derive(Parser, Debug)]
-#[command(name = "sluicectl", version, about = "Operate a node's Sluice daemon (sluiced)")]
+#[command(
+    name = "sluicectl",
+    version,
+    about = "Operate a node's Sluice daemon (sluiced)"
+)]
 struct Cli {
     /// sluiced's API socket.
     #[arg(long, global = true, default_value = DEFAULT_SOCKET, env = "SLUICE_SOCKET")]
@@ -48,7 +52,9 @@ enum Cmd {
 fn read_input(f: &str) -> Result<String, String> {
     if f == "-" {
         let mut s = String::new();
-        std::io::stdin().read_to_string(&mut s).map_err(|e| format!("reading standard input: {e}"))?;
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .map_err(|e| format!("reading standard input: {e}"))?;
         Ok(s)
     } else {
         std::fs::read_to_string(f).map_err(|e| format!("reading {f}: {e}"))
@@ -133,9 +139,32 @@ fn print_answer(cli: &Cli, answer: Answer) {
                 }
             }
         }
-        Cmd::Endpoints => table(&v, &["namespace", "pod", "ip", "mac", "ifname", "tap", "port", "container_id"]),
+        Cmd::Endpoints => table(
+            &v,
+            &[
+                "namespace",
+                "pod",
+                "ip",
+                "mac",
+                "ifname",
+                "tap",
+                "port",
+                "container_id",
+            ],
+        ),
         Cmd::Routes => table(&v, &["prefix", "next_hop", "via"]),
-        Cmd::Nodes => table(&v, &["name", "node_ip", "pod_cidr", "mode", "vtep_mac", "next_hop_mac", "source"]),
+        Cmd::Nodes => table(
+            &v,
+            &[
+                "name",
+                "node_ip",
+                "pod_cidr",
+                "mode",
+                "vtep_mac",
+                "next_hop_mac",
+                "source",
+            ],
+        ),
         Cmd::Stats => {
             println!("COUNTERS");
             if let Some(o) = v["counters"].as_object() {
@@ -153,9 +182,31 @@ fn print_answer(cli: &Cli, answer: Answer) {
                 _ => println!("  (none)"),
             }
             println!("PORTS");
-            table(&v["ports"], &["port", "name", "worker", "rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "tx_dropped"]);
+            table(
+                &v["ports"],
+                &[
+                    "port",
+                    "name",
+                    "worker",
+                    "rx_packets",
+                    "rx_bytes",
+                    "tx_packets",
+                    "tx_bytes",
+                    "tx_dropped",
+                ],
+            );
             println!("WORKERS");
-            table(&v["workers"], &["worker", "busy_polls", "idle_polls", "sleeps", "rx_packets", "drops"]);
+            table(
+                &v["workers"],
+                &[
+                    "worker",
+                    "busy_polls",
+                    "idle_polls",
+                    "sleeps",
+                    "rx_packets",
+                    "drops",
+                ],
+            );
         }
         _ => println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default()),
     }
@@ -172,7 +223,11 @@ fn scalar(v: &serde_json::Value) -> String {
 fn table(v: &serde_json::Value, cols: &[&str]) {
     let rows: Vec<Vec<String>> = v
         .as_array()
-        .map(|a| a.iter().map(|r| cols.iter().map(|c| scalar(&r[*c])).collect()).collect())
+        .map(|a| {
+            a.iter()
+                .map(|r| cols.iter().map(|c| scalar(&r[*c])).collect())
+                .collect()
+        })
         .unwrap_or_default();
     let mut w: Vec<usize> = cols.iter().map(|c| c.len()).collect();
     for r in &rows {
@@ -181,7 +236,11 @@ fn table(v: &serde_json::Value, cols: &[&str]) {
         }
     }
     let line = |cells: Vec<String>| {
-        let s: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{c:<width$}", width = w[i])).collect();
+        let s: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<width$}", width = w[i]))
+            .collect();
         println!("{}", s.join("  ").trim_end());
     };
     line(cols.iter().map(|c| c.to_uppercase()).collect());

@@ -12,7 +12,11 @@ use sluice_control::config::{Config, UplinkFacts};
 use sluice_control::daemon::{self, net};
 
 #[derive(Parser, Debug)]
-#[command(name = "sluiced", version, about = "Sluice node daemon: userspace CNI dataplane and agent")]
+#[command(
+    name = "sluiced",
+    version,
+    about = "Sluice node daemon: userspace CNI dataplane and agent"
+)]
 struct Args {
     /// Configuration file.
     #[arg(long, default_value = "/etc/sluice/sluiced.toml")]
@@ -34,10 +38,16 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let level = args.log_level.clone().unwrap_or_else(|| cfg.log_level.clone());
+    let level = args
+        .log_level
+        .clone()
+        .unwrap_or_else(|| cfg.log_level.clone());
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
 
     let uplink = match net::uplink_info(&cfg.uplink) {
         Ok(u) => u,
@@ -46,7 +56,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let facts = UplinkFacts { mtu: uplink.mtu, mac: uplink.mac, ipv4: uplink.ipv4.iter().map(|(a, _)| *a).collect() };
+    let facts = UplinkFacts {
+        mtu: uplink.mtu,
+        mac: uplink.mac,
+        ipv4: uplink.ipv4.iter().map(|(a, _)| *a).collect(),
+    };
     let resolved = match cfg.resolve(&facts) {
         Ok(r) => r,
         Err(e) => {

@@ -14,16 +14,19 @@ use sluice_dataplane::drop::DropReason;
 use sluice_dataplane::runtime::Runtime;
 use sluice_dataplane::stage::Counters;
 use sluice_dataplane::table::{
-    Endpoint, EndpointTable, Mode, NextHop, NodeParams, Owner, Prefix, RouteTable, TableHandle, Tables, Tunnel,
-    TunnelId, TunnelTable, GATEWAY_IP,
+    Endpoint, EndpointTable, Mode, NextHop, NodeParams, Owner, Prefix, RouteTable, TableHandle,
+    Tables, Tunnel, TunnelId, TunnelTable, GATEWAY_IP,
 };
 use sluice_dataplane::wire::MacAddr;
 
 use super::net::{self, UplinkInfo};
 use super::pod;
 use super::Settings;
-use crate::api::{code, Answer, ApiError, Attachment, AttachmentKey, CniAttach, CniDetach, Request, RouteSpec};
+use crate::api::{
+    code, Answer, ApiError, Attachment, AttachmentKey, CniAttach, CniDetach, Request, RouteSpec,
+};
 use crate::ipam::{Ipam, IpamError};
+use crate::k8s::{self, Change, ClusterObjects, NodeInfo, Object};
 use crate::store::{EndpointRecord, StateFile, Store};
 
 /// A peer node: where its pods are and how to reach it.
@@ -60,6 +63,8 @@ struct State {
     neigh: BTreeMap<Ipv4Addr, MacAddr>,
     last_error: Option<String>,
     cni_ops: BTreeMap<&'static str, u64>,
+    /// Kubernetes objects applied through the API.
+    objects: ClusterObjects,
 }
 
 /// The agent, shared by the API server threads and the control loop.
@@ -78,7 +83,9 @@ pub struct Agent {
 type ApiResult = Result<Answer, ApiError>;
 
 fn now_unix() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 impl Agent {
@@ -94,10 +101,12 @@ impl Agent {
         backend_reason: String,
         host_mac: Option<MacAddr>,
     ) -> Result<Arc<Agent>, super::DaemonError> {
-        let (store, file) = Store::open(&settings.state_dir, &settings.node_name, settings.pod_cidr)?;
+        let (store, file) =
+            Store::open(&settings.state_dir, &settings.node_name, settings.pod_cidr)?;
         let outcome = format!("{:?}", store.outcome());
         let reserved: Vec<Ipv4Addr> = Vec::new();
-        let ipam = Ipam::new([settings.pod_cidr], reserved).map_err(|e| super::DaemonError::Ipam(e.to_string()))?;
+        let ipam = Ipam::new([settings.pod_cidr], reserved)
+            .map_err(|e| super::DaemonError::Ipam(e.to_string()))?;
         let mut st = State {
             store,
             file,
@@ -109,7 +118,16 @@ impl Agent {
             neigh: BTreeMap::new(),
             last_error: None,
             cni_ops: BTreeMap::new(),
+            objects: ClusterObjects::new(),
         };
+        for (i, doc) in st.file.applied_objects.iter().enumerate() {
+            match k8s::parse_documents(doc) {
+                Ok(objs) => objs.into_iter().for_each(|o| {
+                    st.objects.apply(o);
+                }),
+                Err(e) => tracing::warn!(index = i, error = %e, "stored object skipped"),
+            }
+        }
         st.ipam.set_last_allocated(st.file.last_allocated);
         for p in &settings.peers {
             st.peers.insert(
@@ -118,7 +136,9 @@ impl Agent {
                     name: p.name.clone(),
                     node_ip: p.node_ip,
                     pod_cidr: p.pod_cidr,
-                    vtep_mac: p.vtep_mac.unwrap_or_else(|| sluice_dataplane::table::default_vtep_mac(p.node_ip)),
+                    vtep_mac: p
+                        .vtep_mac
+                        .unwrap_or_else(|| sluice_dataplane::table::default_vtep_mac(p.node_ip)),
                     mode: settings.mode,
                     source: "config",
                 },
@@ -142,6 +162,7 @@ impl Agent {
             for rec in records {
                 agent.restore(&mut st, rec);
             }
+            agent.sync_peers(&mut st);
             agent.refresh_neighbours(&mut st);
             agent.publish(&st);
         }
@@ -191,7 +212,10 @@ impl Agent {
         node.host_mac = self.host_mac;
         let mut routes = Vec::new();
         if self.host_mac.is_some() {
-            routes.push((Prefix::new(Ipv4Addr::UNSPECIFIED, 0).expect("/0"), NextHop::Host));
+            routes.push((
+                Prefix::new(Ipv4Addr::UNSPECIFIED, 0).expect("/0"),
+                NextHop::Host,
+            ));
         }
         // Unassigned parts of the cluster range go nowhere (the host routes the
         // whole range to us: sending them back would loop).
@@ -202,7 +226,10 @@ impl Agent {
             let id = TunnelId(tunnels.len() as u32);
             let nh = st.neigh.get(&p.node_ip).copied();
             let (t, hop) = match p.mode {
-                Mode::Vxlan => (Tunnel::vxlan(&node, p.node_ip, p.vtep_mac, nh), NextHop::Vxlan(id)),
+                Mode::Vxlan => (
+                    Tunnel::vxlan(&node, p.node_ip, p.vtep_mac, nh),
+                    NextHop::Vxlan(id),
+                ),
                 Mode::Ipip => (Tunnel::ipip(&node, p.node_ip, nh), NextHop::Ipip(id)),
                 Mode::Native => (Tunnel::native(&node, p.node_ip, nh), NextHop::Native(id)),
             };
@@ -242,7 +269,12 @@ impl Agent {
             tunnels: Arc::new(TunnelTable::new(tunnels, sources)),
             ..cur.clone()
         });
-        tracing::debug!(generation = t.generation, routes = t.routes.len(), endpoints = t.endpoints.len(), "tables published");
+        tracing::debug!(
+            generation = t.generation,
+            routes = t.routes.len(),
+            endpoints = t.endpoints.len(),
+            "tables published"
+        );
     }
 
     /// Looks up next-hop MACs of every peer; true if any changed.
@@ -298,8 +330,13 @@ impl Agent {
             Request::CniAdd(a) => self.timed("add", || self.cni_add(a)),
             Request::CniDel(d) => self.timed("del", || self.cni_del(d)),
             Request::CniCheck(a) => self.timed("check", || self.cni_check(a)),
-            Request::CniStatus => Ok(Answer::Ready { ready: true, reason: None }),
-            Request::CniGc { valid_attachments } => self.timed("gc", || self.cni_gc(valid_attachments)),
+            Request::CniStatus => Ok(Answer::Ready {
+                ready: true,
+                reason: None,
+            }),
+            Request::CniGc { valid_attachments } => {
+                self.timed("gc", || self.cni_gc(valid_attachments))
+            }
             Request::Status => Ok(Answer::Json(self.status())),
             Request::Endpoints => Ok(Answer::Json(self.endpoints_view())),
             Request::Routes => Ok(Answer::Json(self.routes_view())),
@@ -319,12 +356,20 @@ impl Agent {
             st.last_error = Some(format!("CNI {op}: {}", e.msg));
         }
         drop(st);
-        tracing::debug!(op, elapsed_us = t.elapsed().as_micros() as u64, ok = r.is_ok(), "cni");
+        tracing::debug!(
+            op,
+            elapsed_us = t.elapsed().as_micros() as u64,
+            ok = r.is_ok(),
+            "cni"
+        );
         r
     }
 
     fn cni_add(&self, a: CniAttach) -> ApiResult {
-        let key = AttachmentKey { container_id: a.container_id.clone(), ifname: a.ifname.clone() };
+        let key = AttachmentKey {
+            container_id: a.container_id.clone(),
+            ifname: a.ifname.clone(),
+        };
         let mut st = self.lock();
         if let Some(e) = st.eps.get(&key) {
             return Err(ApiError::new(
@@ -367,7 +412,10 @@ impl Agent {
             st.free_ports.insert(port.0);
             st.ipam.release(&key);
             let _ = pod::reattach(&a.netns, &a.ifname).map(|t| t.delete());
-            return Err(ApiError::new(code::INTERNAL, format!("attaching port: {e}")));
+            return Err(ApiError::new(
+                code::INTERNAL,
+                format!("attaching port: {e}"),
+            ));
         }
         let rec = EndpointRecord {
             key: key.clone(),
@@ -381,7 +429,14 @@ impl Agent {
             pod_uid: a.pod.uid.clone(),
             created_unix: now_unix(),
         };
-        st.eps.insert(key.clone(), Ep { rec, mac: wired.mac, port: Some(port) });
+        st.eps.insert(
+            key.clone(),
+            Ep {
+                rec,
+                mac: wired.mac,
+                port: Some(port),
+            },
+        );
         self.publish(&st);
         if let Err(e) = self.save(&mut st) {
             self.remove(&mut st, &key);
@@ -391,7 +446,9 @@ impl Agent {
         tracing::info!(container = %key.container_id, ifname = %key.ifname, %ip,
             pod = %format!("{}/{}", a.pod.namespace.as_deref().unwrap_or("-"), a.pod.name.as_deref().unwrap_or("-")),
             "pod attached");
-        Ok(Answer::Attached(attachment(&a.ifname, wired.mac, mtu, &a.netns, ip)))
+        Ok(Answer::Attached(attachment(
+            &a.ifname, wired.mac, mtu, &a.netns, ip,
+        )))
     }
 
     /// Drops an attachment from the state and the dataplane (not saved).
@@ -413,7 +470,10 @@ impl Agent {
     }
 
     fn cni_del(&self, d: CniDetach) -> ApiResult {
-        let key = AttachmentKey { container_id: d.container_id, ifname: d.ifname };
+        let key = AttachmentKey {
+            container_id: d.container_id,
+            ifname: d.ifname,
+        };
         let mut st = self.lock();
         let Some(ep) = self.remove(&mut st, &key) else {
             return Ok(Answer::Done);
@@ -425,12 +485,18 @@ impl Agent {
     }
 
     fn cni_check(&self, a: CniAttach) -> ApiResult {
-        let key = AttachmentKey { container_id: a.container_id.clone(), ifname: a.ifname.clone() };
+        let key = AttachmentKey {
+            container_id: a.container_id.clone(),
+            ifname: a.ifname.clone(),
+        };
         let st = self.lock();
         let Some(ep) = st.eps.get(&key) else {
             return Err(ApiError::new(
                 code::UNKNOWN_CONTAINER,
-                format!("container {} interface {} is not attached", key.container_id, key.ifname),
+                format!(
+                    "container {} interface {} is not attached",
+                    key.container_id, key.ifname
+                ),
             ));
         };
         if ep.rec.netns != a.netns {
@@ -440,17 +506,32 @@ impl Agent {
             ));
         }
         if ep.port.is_none() {
-            return Err(ApiError::new(code::CHECK_FAILED, "the pod interface is gone"));
+            return Err(ApiError::new(
+                code::CHECK_FAILED,
+                "the pod interface is gone",
+            ));
         }
-        pod::check(&ep.rec.netns, &ep.rec.ifname, ep.rec.ip, ep.mac).map_err(|m| ApiError::new(code::CHECK_FAILED, m))?;
+        pod::check(&ep.rec.netns, &ep.rec.ifname, ep.rec.ip, ep.mac)
+            .map_err(|m| ApiError::new(code::CHECK_FAILED, m))?;
         let mtu = a.mtu.unwrap_or(u32::from(self.settings.pod_mtu));
-        Ok(Answer::Attached(attachment(&ep.rec.ifname, ep.mac, mtu, &ep.rec.netns, ep.rec.ip)))
+        Ok(Answer::Attached(attachment(
+            &ep.rec.ifname,
+            ep.mac,
+            mtu,
+            &ep.rec.netns,
+            ep.rec.ip,
+        )))
     }
 
     fn cni_gc(&self, valid: Vec<AttachmentKey>) -> ApiResult {
         let valid: BTreeSet<AttachmentKey> = valid.into_iter().collect();
         let mut st = self.lock();
-        let stale: Vec<AttachmentKey> = st.eps.keys().filter(|k| !valid.contains(*k)).cloned().collect();
+        let stale: Vec<AttachmentKey> = st
+            .eps
+            .keys()
+            .filter(|k| !valid.contains(*k))
+            .cloned()
+            .collect();
         for k in &stale {
             self.remove(&mut st, k);
             tracing::info!(container = %k.container_id, ifname = %k.ifname, "stale attachment collected");
@@ -462,8 +543,74 @@ impl Agent {
         Ok(Answer::Done)
     }
 
-    fn apply(&self, _docs: &str, _apply: bool) -> ApiResult {
-        Err(ApiError::new(code::UNSUPPORTED_OP, "apply/delete are not available yet"))
+    /// Applies or deletes Kubernetes objects: all documents are checked
+    /// before any takes effect, so a bad document changes nothing.
+    fn apply(&self, docs: &str, apply: bool) -> ApiResult {
+        let objs = k8s::parse_documents(docs)
+            .map_err(|e| ApiError::new(code::INVALID_DOCUMENT, e.to_string()))?;
+        for o in &objs {
+            if let (true, Object::Node(n)) = (apply, o) {
+                NodeInfo::from_node(n)
+                    .map_err(|e| ApiError::new(code::INVALID_DOCUMENT, e.to_string()))?;
+            }
+        }
+        let mut st = self.lock();
+        let mut report = Vec::new();
+        for o in objs {
+            let key = o.key();
+            let what = if apply {
+                match st.objects.apply(o) {
+                    Change::Created => "created",
+                    Change::Updated => "updated",
+                    Change::Unchanged => "unchanged",
+                }
+            } else if st.objects.delete(&key) {
+                "deleted"
+            } else {
+                "not found"
+            };
+            tracing::info!(object = %key, what, "object");
+            report.push(format!("{key} {what}"));
+        }
+        self.sync_peers(&mut st);
+        st.file.applied_objects = st.objects.iter().filter_map(object_json).collect();
+        self.refresh_neighbours(&mut st);
+        self.publish(&st);
+        self.save(&mut st)?;
+        Ok(Answer::Json(json!(report)))
+    }
+
+    /// Peers from applied Node objects (other than this node), on top of the
+    /// configured ones.
+    fn sync_peers(&self, st: &mut State) {
+        let s = &self.settings;
+        st.peers.retain(|_, p| p.source == "config");
+        let nodes: Vec<NodeInfo> = st
+            .objects
+            .nodes()
+            .filter_map(|n| NodeInfo::from_node(n).ok())
+            .collect();
+        for n in nodes {
+            if n.name == s.node_name || n.node_ip == s.node_ip {
+                continue;
+            }
+            if st.peers.get(&n.name).is_some_and(|p| p.source == "config") {
+                continue;
+            }
+            st.peers.insert(
+                n.name.clone(),
+                Peer {
+                    name: n.name.clone(),
+                    node_ip: n.node_ip,
+                    pod_cidr: n.pod_cidr,
+                    vtep_mac: n
+                        .vtep_mac
+                        .unwrap_or_else(|| sluice_dataplane::table::default_vtep_mac(n.node_ip)),
+                    mode: n.mode.unwrap_or(s.mode),
+                    source: "api",
+                },
+            );
+        }
     }
 
     /// Adds or replaces a peer (from a Node object) and republishes.
@@ -596,8 +743,11 @@ impl Agent {
             .filter(|r| total.drop_count(**r) > 0)
             .map(|r| (r.name().to_owned(), json!(total.drop_count(*r))))
             .collect();
-        let counters: serde_json::Map<String, serde_json::Value> =
-            total.named().iter().map(|(k, v)| ((*k).to_owned(), json!(v))).collect();
+        let counters: serde_json::Map<String, serde_json::Value> = total
+            .named()
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), json!(v)))
+            .collect();
         let cni = self.lock().cni_ops.clone();
         json!({"counters": counters, "drops": drops, "ports": ports, "workers": per_worker, "cni_ops": cni})
     }
@@ -620,6 +770,19 @@ fn attachment(ifname: &str, mac: MacAddr, mtu: u32, netns: &str, ip: Ipv4Addr) -
         sandbox: netns.to_owned(),
         address: format!("{ip}/32"),
         gateway: GATEWAY_IP.to_string(),
-        routes: vec![RouteSpec { dst: "0.0.0.0/0".into(), gw: Some(GATEWAY_IP.to_string()) }],
+        routes: vec![RouteSpec {
+            dst: "0.0.0.0/0".into(),
+            gw: Some(GATEWAY_IP.to_string()),
+        }],
+    }
+}
+
+/// One object as a JSON document (k8s-openapi writes apiVersion and kind).
+fn object_json(o: &Object) -> Option<String> {
+    match o {
+        Object::Node(x) => serde_json::to_string(x).ok(),
+        Object::Namespace(x) => serde_json::to_string(x).ok(),
+        Object::Pod(x) => serde_json::to_string(x).ok(),
+        Object::NetworkPolicy(x) => serde_json::to_string(x).ok(),
     }
 }

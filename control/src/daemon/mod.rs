@@ -95,7 +95,12 @@ impl Settings {
             peers: r
                 .peers
                 .iter()
-                .map(|p| PeerSpec { name: p.name.clone(), node_ip: p.node_ip, pod_cidr: p.pod_cidr, vtep_mac: Some(p.vtep_mac) })
+                .map(|p| PeerSpec {
+                    name: p.name.clone(),
+                    node_ip: p.node_ip,
+                    pod_cidr: p.pod_cidr,
+                    vtep_mac: Some(p.vtep_mac),
+                })
                 .collect(),
         })
     }
@@ -113,27 +118,49 @@ pub enum DaemonError {
     #[error("address management: {0}")]
     Ipam(String),
     #[error("uplink backend {backend}: {reason}")]
-    Uplink { backend: &'static str, reason: String },
+    Uplink {
+        backend: &'static str,
+        reason: String,
+    },
     #[error("API socket {path}: {source}")]
-    Api { path: String, source: std::io::Error },
+    Api {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("starting workers: {0}")]
     Runtime(std::io::Error),
 }
 
 /// Opens the uplink port with the configured backend.
-fn open_uplink(s: &Settings) -> Result<(BoxPort, String, String, Option<KernelSinks>), DaemonError> {
+fn open_uplink(
+    s: &Settings,
+) -> Result<(BoxPort, String, String, Option<KernelSinks>), DaemonError> {
     let vxlan = (s.mode == Mode::Vxlan).then_some(s.vxlan_port);
     let ipip = s.mode == Mode::Ipip;
-    let native: Vec<(Ipv4Addr, u8)> = if s.mode == Mode::Native { vec![(s.pod_cidr.addr(), s.pod_cidr.prefix_len())] } else { vec![] };
+    let native: Vec<(Ipv4Addr, u8)> = if s.mode == Mode::Native {
+        vec![(s.pod_cidr.addr(), s.pod_cidr.prefix_len())]
+    } else {
+        vec![]
+    };
     let xdp_err = if s.backend != Backend::Socket {
         let mut cfg = XdpConfig::new(s.node_ip);
         cfg.vxlan_port = vxlan;
         cfg.ipip = ipip;
         cfg.native_prefixes = native;
         match XdpUplink::open(&s.uplink, &cfg) {
-            Ok(x) => return Ok((Box::new(x), "af_xdp".into(), "AF_XDP socket bound".into(), None)),
+            Ok(x) => {
+                return Ok((
+                    Box::new(x),
+                    "af_xdp".into(),
+                    "AF_XDP socket bound".into(),
+                    None,
+                ))
+            }
             Err(e) if s.backend == Backend::AfXdp => {
-                return Err(DaemonError::Uplink { backend: "af_xdp", reason: e.to_string() })
+                return Err(DaemonError::Uplink {
+                    backend: "af_xdp",
+                    reason: e.to_string(),
+                })
             }
             Err(e) => Some(e.to_string()),
         }
@@ -145,10 +172,14 @@ fn open_uplink(s: &Settings) -> Result<(BoxPort, String, String, Option<KernelSi
     let mut filter = UplinkFilter::new(s.node_ip);
     filter.vxlan_port = vxlan;
     filter.ipip = ipip;
-    let sock = PacketSocket::open(&s.uplink, &filter)
-        .map_err(|e| DaemonError::Uplink { backend: "socket", reason: e.to_string() })?;
-    let sinks = KernelSinks::open(s.node_ip, vxlan, ipip)
-        .map_err(|e| DaemonError::Uplink { backend: "socket", reason: e.to_string() })?;
+    let sock = PacketSocket::open(&s.uplink, &filter).map_err(|e| DaemonError::Uplink {
+        backend: "socket",
+        reason: e.to_string(),
+    })?;
+    let sinks = KernelSinks::open(s.node_ip, vxlan, ipip).map_err(|e| DaemonError::Uplink {
+        backend: "socket",
+        reason: e.to_string(),
+    })?;
     let reason = match xdp_err {
         Some(e) => format!("AF_XDP not available ({e}); using kernel sockets"),
         None => "kernel sockets (configured)".into(),
@@ -167,22 +198,31 @@ pub fn run(s: Settings, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
     let mut node = NodeParams::new(s.mode, s.node_ip, uplink.mac, uplink.mtu);
     node.pod_mtu = s.pod_mtu;
     let tables = TableHandle::new(Tables::new(node));
-    let rt_cfg = RuntimeConfig { workers: s.workers, ..RuntimeConfig::default() };
+    let rt_cfg = RuntimeConfig {
+        workers: s.workers,
+        ..RuntimeConfig::default()
+    };
     let runtime = Runtime::start(&rt_cfg, &tables, || AllowAll).map_err(DaemonError::Runtime)?;
 
     let (up, backend, reason, _sinks) = open_uplink(&s)?;
     tracing::info!(backend = %backend, reason = %reason, uplink = %s.uplink, "uplink backend chosen");
-    runtime.add_port(PortId::UPLINK, up).map_err(DaemonError::Runtime)?;
+    runtime
+        .add_port(PortId::UPLINK, up)
+        .map_err(DaemonError::Runtime)?;
     let host_mac = if s.host_port {
         let h = net::host_port(&s.host_ifname, s.pod_mtu, s.pod_cidr, s.cluster_cidr)?;
-        runtime.add_port(PortId::HOST, Box::new(h.tap)).map_err(DaemonError::Runtime)?;
+        runtime
+            .add_port(PortId::HOST, Box::new(h.tap))
+            .map_err(DaemonError::Runtime)?;
         Some(h.mac)
     } else {
         None
     };
 
-    let listener = server::bind(&s.api_socket)
-        .map_err(|source| DaemonError::Api { path: s.api_socket.display().to_string(), source })?;
+    let listener = server::bind(&s.api_socket).map_err(|source| DaemonError::Api {
+        path: s.api_socket.display().to_string(),
+        source,
+    })?;
     let api_path = s.api_socket.clone();
     let agent = agent::Agent::new(s, uplink, tables, runtime, backend, reason, host_mac)?;
     let _server = server::Server::start(listener, api_path, agent.clone());

@@ -26,22 +26,35 @@ pub enum NetError {
     #[error("uplink {name:?} not found in this network namespace: expected an existing interface (check `uplink` in the config)")]
     NoUplink { name: String },
     #[error("reading {what} of {name}: {detail}")]
-    Read { what: &'static str, name: String, detail: String },
+    Read {
+        what: &'static str,
+        name: String,
+        detail: String,
+    },
     #[error("host port {name}: {source}")]
     HostTap { name: String, source: TapError },
     #[error("host port {name}: {what}: {source}")]
-    HostLink { name: String, what: &'static str, source: LinkError },
+    HostLink {
+        name: String,
+        what: &'static str,
+        source: LinkError,
+    },
 }
 
 /// Reads the uplink's MAC, MTU and IPv4 addresses.
 pub fn uplink_info(name: &str) -> Result<UplinkInfo, NetError> {
     if nix::net::if_::if_nametoindex(name).is_err() {
-        return Err(NetError::NoUplink { name: name.to_owned() });
+        return Err(NetError::NoUplink {
+            name: name.to_owned(),
+        });
     }
     let mut mac = None;
     let mut ipv4 = Vec::new();
-    let addrs = nix::ifaddrs::getifaddrs()
-        .map_err(|e| NetError::Read { what: "addresses", name: name.to_owned(), detail: e.to_string() })?;
+    let addrs = nix::ifaddrs::getifaddrs().map_err(|e| NetError::Read {
+        what: "addresses",
+        name: name.to_owned(),
+        detail: e.to_string(),
+    })?;
     for a in addrs.filter(|a| a.interface_name == name) {
         if let Some(ll) = a.address.as_ref().and_then(|s| s.as_link_addr()) {
             mac = ll.addr().map(MacAddr);
@@ -58,9 +71,22 @@ pub fn uplink_info(name: &str) -> Result<UplinkInfo, NetError> {
     let mtu = read_sys(name, "mtu")?
         .trim()
         .parse::<u16>()
-        .map_err(|e| NetError::Read { what: "MTU", name: name.to_owned(), detail: e.to_string() })?;
-    let mac = mac.ok_or_else(|| NetError::Read { what: "MAC", name: name.to_owned(), detail: "none".into() })?;
-    Ok(UplinkInfo { name: name.to_owned(), mac, mtu, ipv4 })
+        .map_err(|e| NetError::Read {
+            what: "MTU",
+            name: name.to_owned(),
+            detail: e.to_string(),
+        })?;
+    let mac = mac.ok_or_else(|| NetError::Read {
+        what: "MAC",
+        name: name.to_owned(),
+        detail: "none".into(),
+    })?;
+    Ok(UplinkInfo {
+        name: name.to_owned(),
+        mac,
+        mtu,
+        ipv4,
+    })
 }
 
 fn read_sys(name: &str, what: &'static str) -> Result<String, NetError> {
@@ -70,7 +96,11 @@ fn read_sys(name: &str, what: &'static str) -> Result<String, NetError> {
     let p = format!("/sys/class/net/{name}/{what}");
     match std::fs::read_to_string(&p) {
         Ok(s) => Ok(s),
-        Err(e) => Err(NetError::Read { what, name: name.to_owned(), detail: format!("{p}: {e}") }),
+        Err(e) => Err(NetError::Read {
+            what,
+            name: name.to_owned(),
+            detail: format!("{p}: {e}"),
+        }),
     }
 }
 
@@ -136,12 +166,27 @@ pub struct HostPort {
 
 /// Creates (or takes back) the host TAP, brings it up with `mtu`, and routes
 /// the pod CIDR and the cluster CIDR through it.
-pub fn host_port(name: &str, mtu: u16, pod_cidr: Prefix, cluster_cidr: Prefix) -> Result<HostPort, NetError> {
+pub fn host_port(
+    name: &str,
+    mtu: u16,
+    pod_cidr: Prefix,
+    cluster_cidr: Prefix,
+) -> Result<HostPort, NetError> {
     let opts = TapOptions::new().vnet_hdr(false);
     let tap = match Tap::attach(name, &opts) {
         Ok(t) => t,
-        Err(TapError::NotFound { .. }) => Tap::create(name, &opts).map_err(|source| NetError::HostTap { name: name.into(), source })?,
-        Err(source) => return Err(NetError::HostTap { name: name.into(), source }),
+        Err(TapError::NotFound { .. }) => {
+            Tap::create(name, &opts).map_err(|source| NetError::HostTap {
+                name: name.into(),
+                source,
+            })?
+        }
+        Err(source) => {
+            return Err(NetError::HostTap {
+                name: name.into(),
+                source,
+            })
+        }
     };
     let link = |what: &'static str| {
         let name = name.to_owned();
@@ -153,7 +198,8 @@ pub fn host_port(name: &str, mtu: u16, pod_cidr: Prefix, cluster_cidr: Prefix) -
     nl.set_up(idx, true).map_err(link("up"))?;
     let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), "1");
     for p in [cluster_cidr, pod_cidr] {
-        nl.add_route_v4(&RouteV4::link(p.addr(), p.prefix_len(), idx)).map_err(link("route"))?;
+        nl.add_route_v4(&RouteV4::link(p.addr(), p.prefix_len(), idx))
+            .map_err(link("route"))?;
     }
     let mac = tap.mac().map(MacAddr).map_err(|e| NetError::HostLink {
         name: name.into(),
@@ -181,8 +227,17 @@ mod tests {
         let t = "IP address       HW type     Flags       HW address            Mask     Device\n\
                  198.18.0.2       0x1         0x2         02:00:c6:12:00:02     *        ul0\n\
                  198.18.0.3       0x1         0x0         00:00:00:00:00:00     *        ul0\n";
-        assert_eq!(parse_arp_table(t, "ul0", Ipv4Addr::new(198, 18, 0, 2)), Some("02:00:c6:12:00:02".parse().unwrap()));
-        assert_eq!(parse_arp_table(t, "ul0", Ipv4Addr::new(198, 18, 0, 3)), None);
-        assert_eq!(parse_arp_table(t, "eth0", Ipv4Addr::new(198, 18, 0, 2)), None);
+        assert_eq!(
+            parse_arp_table(t, "ul0", Ipv4Addr::new(198, 18, 0, 2)),
+            Some("02:00:c6:12:00:02".parse().unwrap())
+        );
+        assert_eq!(
+            parse_arp_table(t, "ul0", Ipv4Addr::new(198, 18, 0, 3)),
+            None
+        );
+        assert_eq!(
+            parse_arp_table(t, "eth0", Ipv4Addr::new(198, 18, 0, 2)),
+            None
+        );
     }
 }

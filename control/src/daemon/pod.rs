@@ -23,7 +23,12 @@ pub enum PodNetError {
     #[error("TAP {name}: {source}")]
     Tap { name: String, source: TapError },
     #[error("configuring {what} of {ifname} in {netns}: {source}")]
-    Link { what: &'static str, ifname: String, netns: String, source: LinkError },
+    Link {
+        what: &'static str,
+        ifname: String,
+        netns: String,
+        source: LinkError,
+    },
     #[error("interface {ifname} already exists in {netns}: expected a free interface name")]
     IfnameTaken { ifname: String, netns: String },
 }
@@ -33,7 +38,12 @@ pub enum PodNetError {
 pub fn tap_name(key: &AttachmentKey) -> String {
     // FNV-1a, 64 bits: stable across releases (a std hasher is not).
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in key.container_id.bytes().chain([0]).chain(key.ifname.bytes()) {
+    for b in key
+        .container_id
+        .bytes()
+        .chain([0])
+        .chain(key.ifname.bytes())
+    {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
@@ -61,16 +71,36 @@ pub struct Wired {
 
 /// Creates the TAP, moves it into `netns` as `ifname` and configures it. On
 /// failure, nothing is left: the TAP is deleted wherever it got to.
-pub fn wire(key: &AttachmentKey, netns: &str, ifname: &str, ip: Ipv4Addr, mtu: u32) -> Result<Wired, PodNetError> {
-    let ns = NetNs::open(netns).map_err(|source| PodNetError::Netns { path: netns.to_owned(), source })?;
+pub fn wire(
+    key: &AttachmentKey,
+    netns: &str,
+    ifname: &str,
+    ip: Ipv4Addr,
+    mtu: u32,
+) -> Result<Wired, PodNetError> {
+    let ns = NetNs::open(netns).map_err(|source| PodNetError::Netns {
+        path: netns.to_owned(),
+        source,
+    })?;
     let name = tap_name(key);
     // The name must be free inside the pod (CNI: ADD of an existing ifname fails).
-    let taken = in_netns(&ns, || nix::net::if_::if_nametoindex(ifname).is_ok())
-        .map_err(|source| PodNetError::Netns { path: netns.to_owned(), source })?;
+    let taken =
+        in_netns(&ns, || nix::net::if_::if_nametoindex(ifname).is_ok()).map_err(|source| {
+            PodNetError::Netns {
+                path: netns.to_owned(),
+                source,
+            }
+        })?;
     if taken {
-        return Err(PodNetError::IfnameTaken { ifname: ifname.to_owned(), netns: netns.to_owned() });
+        return Err(PodNetError::IfnameTaken {
+            ifname: ifname.to_owned(),
+            netns: netns.to_owned(),
+        });
     }
-    let tap = Tap::create(&name, &tap_options()).map_err(|source| PodNetError::Tap { name: name.clone(), source })?;
+    let tap = Tap::create(&name, &tap_options()).map_err(|source| PodNetError::Tap {
+        name: name.clone(),
+        source,
+    })?;
     match configure(&tap, &ns, netns, ifname, ip, mtu) {
         Ok(mac) => Ok(Wired { tap, mac }),
         Err(e) => {
@@ -80,10 +110,22 @@ pub fn wire(key: &AttachmentKey, netns: &str, ifname: &str, ip: Ipv4Addr, mtu: u
     }
 }
 
-fn configure(tap: &Tap, ns: &NetNs, netns: &str, ifname: &str, ip: Ipv4Addr, mtu: u32) -> Result<MacAddr, PodNetError> {
+fn configure(
+    tap: &Tap,
+    ns: &NetNs,
+    netns: &str,
+    ifname: &str,
+    ip: Ipv4Addr,
+    mtu: u32,
+) -> Result<MacAddr, PodNetError> {
     let link_err = |what: &'static str| {
         let (ifname, netns) = (ifname.to_owned(), netns.to_owned());
-        move |source| PodNetError::Link { what, ifname, netns, source }
+        move |source| PodNetError::Link {
+            what,
+            ifname,
+            netns,
+            source,
+        }
     };
     let mut nl = Netlink::open().map_err(link_err("netlink socket"))?;
     let idx = tap.ifindex().map_err(|e| PodNetError::Link {
@@ -92,29 +134,42 @@ fn configure(tap: &Tap, ns: &NetNs, netns: &str, ifname: &str, ip: Ipv4Addr, mtu
         netns: netns.to_owned(),
         source: LinkError::Socket(e),
     })?;
-    nl.move_to_netns(idx, ns, Some(ifname)).map_err(link_err("namespace"))?;
+    nl.move_to_netns(idx, ns, Some(ifname))
+        .map_err(link_err("namespace"))?;
     let mut pod_nl = Netlink::open_in(ns).map_err(link_err("netlink socket in pod"))?;
     let idx = pod_nl.ifindex(ifname).map_err(link_err("ifindex"))?;
     let mac = pod_mac(ip);
     pod_nl.set_mac(idx, mac.0).map_err(link_err("MAC"))?;
     pod_nl.set_mtu(idx, mtu).map_err(link_err("MTU"))?;
-    pod_nl.configure_pod_link(idx, ip).map_err(link_err("address and routes"))?;
+    pod_nl
+        .configure_pod_link(idx, ip)
+        .map_err(link_err("address and routes"))?;
     Ok(mac)
 }
 
 /// Re-opens a pod's persistent TAP after a restart, from inside its namespace.
 pub fn reattach(netns: &str, ifname: &str) -> Result<Tap, PodNetError> {
-    let ns = NetNs::open(netns).map_err(|source| PodNetError::Netns { path: netns.to_owned(), source })?;
+    let ns = NetNs::open(netns).map_err(|source| PodNetError::Netns {
+        path: netns.to_owned(),
+        source,
+    })?;
     in_netns(&ns, || Tap::attach(ifname, &tap_options()))
-        .map_err(|source| PodNetError::Netns { path: netns.to_owned(), source })?
-        .map_err(|source| PodNetError::Tap { name: ifname.to_owned(), source })
+        .map_err(|source| PodNetError::Netns {
+            path: netns.to_owned(),
+            source,
+        })?
+        .map_err(|source| PodNetError::Tap {
+            name: ifname.to_owned(),
+            source,
+        })
 }
 
 /// Checks a pod interface is still as wired: present, with the address and MAC.
 pub fn check(netns: &str, ifname: &str, ip: Ipv4Addr, mac: MacAddr) -> Result<(), String> {
     let ns = NetNs::open(netns).map_err(|e| format!("network namespace {netns}: {e}"))?;
     in_netns(&ns, || -> Result<(), String> {
-        let idx = nix::net::if_::if_nametoindex(ifname).map_err(|e| format!("interface {ifname} in {netns}: {e}"))?;
+        let idx = nix::net::if_::if_nametoindex(ifname)
+            .map_err(|e| format!("interface {ifname} in {netns}: {e}"))?;
         let _ = idx;
         let addrs = nix::ifaddrs::getifaddrs().map_err(|e| format!("addresses in {netns}: {e}"))?;
         let mut has_ip = false;
@@ -125,7 +180,10 @@ pub fn check(netns: &str, ifname: &str, ip: Ipv4Addr, mac: MacAddr) -> Result<()
             if let Some(ll) = a.address.as_ref().and_then(|s| s.as_link_addr()) {
                 if let Some(hw) = ll.addr() {
                     if hw != mac.0 {
-                        return Err(format!("{ifname} in {netns} has MAC {}, expected {mac}", MacAddr(hw)));
+                        return Err(format!(
+                            "{ifname} in {netns} has MAC {}, expected {mac}",
+                            MacAddr(hw)
+                        ));
                     }
                 }
             }
@@ -144,11 +202,20 @@ mod tests {
 
     #[test]
     fn tap_names_fit_and_differ() {
-        let a = AttachmentKey { container_id: "abc".into(), ifname: "eth0".into() };
-        let b = AttachmentKey { container_id: "abc".into(), ifname: "eth1".into() };
+        let a = AttachmentKey {
+            container_id: "abc".into(),
+            ifname: "eth0".into(),
+        };
+        let b = AttachmentKey {
+            container_id: "abc".into(),
+            ifname: "eth1".into(),
+        };
         assert_eq!(tap_name(&a).len(), 14);
         assert_ne!(tap_name(&a), tap_name(&b));
         assert_eq!(tap_name(&a), tap_name(&a.clone()));
-        assert_eq!(pod_mac(Ipv4Addr::new(198, 19, 1, 5)).to_string(), "0a:58:c6:13:01:05");
+        assert_eq!(
+            pod_mac(Ipv4Addr::new(198, 19, 1, 5)).to_string(),
+            "0a:58:c6:13:01:05"
+        );
     }
 }

@@ -73,17 +73,23 @@ impl Server {
                     }
                     let agent = agent.clone();
                     let active = active.clone();
-                    let spawned = std::thread::Builder::new().name("sluice-conn".into()).spawn(move || {
-                        serve(conn, &agent);
-                        active.fetch_sub(1, Ordering::AcqRel);
-                    });
+                    let spawned = std::thread::Builder::new()
+                        .name("sluice-conn".into())
+                        .spawn(move || {
+                            serve(conn, &agent);
+                            active.fetch_sub(1, Ordering::AcqRel);
+                        });
                     if spawned.is_err() {
                         tracing::warn!("cannot spawn a connection thread");
                     }
                 }
             })
             .expect("spawn API thread");
-        Server { path, stop, thread: Some(thread) }
+        Server {
+            path,
+            stop,
+            thread: Some(thread),
+        }
     }
 }
 
@@ -122,7 +128,10 @@ fn serve(conn: UnixStream, agent: &Agent) {
             Ok(None) => return,
             Ok(Some(line)) => match serde_json::from_slice::<Request>(&line) {
                 Ok(req) => Response::from(agent.handle(req)),
-                Err(e) => Response::Error(ApiError::new(code::INVALID_REQUEST, format!("malformed request: {e}"))),
+                Err(e) => Response::Error(ApiError::new(
+                    code::INVALID_REQUEST,
+                    format!("malformed request: {e}"),
+                )),
             },
             Err(FrameError::TooLarge { .. }) => {
                 let _ = w.write_all(&encode(&Response::Error(ApiError::new(
@@ -132,7 +141,10 @@ fn serve(conn: UnixStream, agent: &Agent) {
                 return;
             }
             Err(e) => {
-                let _ = w.write_all(&encode(&Response::Error(ApiError::new(code::INVALID_REQUEST, e.to_string()))));
+                let _ = w.write_all(&encode(&Response::Error(ApiError::new(
+                    code::INVALID_REQUEST,
+                    e.to_string(),
+                ))));
                 return;
             }
         };

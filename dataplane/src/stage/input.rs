@@ -227,7 +227,7 @@ pub fn arp(t: &Tables, c: &mut Counters, pkts: &mut [Packet]) -> u32 {
 /// ipv4-input: validates the header (version, lengths, checksum), trims
 /// Ethernet padding, checks a pod's source address, expires TTL and extracts
 /// the flow key.
-pub fn ipv4_input(t: &Tables, _c: &mut Counters, pkts: &mut [Packet]) -> u32 {
+pub fn ipv4_input(t: &Tables, _c: &mut Counters, pkts: &mut [Packet], egress_policy: bool) -> u32 {
     let mut pending = 0;
     for p in pkts.iter_mut().filter(|p| at(p, Next::Ipv4Input)) {
         let l3 = usize::from(p.meta.l3);
@@ -267,7 +267,7 @@ pub fn ipv4_input(t: &Tables, _c: &mut Counters, pkts: &mut [Packet]) -> u32 {
             pending |= goto(p, Next::IcmpError);
             continue;
         }
-        pending |= if p.meta.src_ep != Meta::NO_EP {
+        pending |= if egress_policy && p.meta.src_ep != Meta::NO_EP {
             goto(p, Next::PolicyEgress)
         } else {
             goto(p, Next::Lookup)

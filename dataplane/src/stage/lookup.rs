@@ -8,7 +8,12 @@ use crate::table::{NextHop, Tables};
 
 /// ipv4-lookup. Consecutive packets usually share a destination, so the last
 /// lookup is remembered for the batch.
-pub fn lookup(t: &Tables, _c: &mut Counters, pkts: &mut [Packet]) -> u32 {
+pub fn lookup(t: &Tables, _c: &mut Counters, pkts: &mut [Packet], ingress_policy: bool) -> u32 {
+    let to_local = if ingress_policy {
+        Next::PolicyIngress
+    } else {
+        Next::LocalDelivery
+    };
     let mut pending = 0;
     let mut last: Option<(u32, Option<NextHop>)> = None;
     for p in pkts.iter_mut().filter(|p| at(p, Next::Lookup)) {
@@ -31,7 +36,7 @@ pub fn lookup(t: &Tables, _c: &mut Counters, pkts: &mut [Packet]) -> u32 {
                 Some(ep) => {
                     p.meta.dst_ep = ep;
                     p.meta.out_port = t.endpoints.get(ep).port;
-                    goto(p, Next::PolicyIngress)
+                    goto(p, to_local)
                 }
             },
             Some(NextHop::Host) => {

@@ -180,9 +180,13 @@ impl<T: AsRef<[u8]>> Packet<T> {
     }
 
     /// Whether the header checksum verifies.
-    #[inline]
+    #[inline(always)]
     pub fn verify_checksum(&self) -> bool {
-        checksum::sum(&self.buffer.as_ref()[..self.header_len()]) == 0xffff
+        let b = self.buffer.as_ref();
+        match b.first_chunk::<20>() {
+            Some(h) if self.header_len() == HEADER_LEN => checksum::sum20(h) == 0xffff,
+            _ => checksum::sum(&b[..self.header_len()]) == 0xffff,
+        }
     }
 
     /// The bytes after the header, up to the total length.
