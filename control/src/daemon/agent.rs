@@ -65,6 +65,32 @@ struct State {
     cni_ops: BTreeMap<&'static str, u64>,
     /// Kubernetes objects applied through the API.
     objects: ClusterObjects,
+    /// Attachments whose ADD is wiring the interface right now.
+    pending: BTreeSet<AttachmentKey>,
+}
+
+/// An attachment taken out of the state; its interface still to delete.
+struct Removed {
+    ep: Ep,
+    port: Option<sluice_dataplane::runtime::BoxPort>,
+}
+
+impl Removed {
+    /// Deletes the pod's interface (or whatever is left of it).
+    fn destroy(self) {
+        match self.port {
+            Some(p) => {
+                if let Err(e) = p.destroy() {
+                    tracing::debug!(error = %e, "TAP already gone");
+                }
+            }
+            None => {
+                if let Ok(t) = pod::reattach(&self.ep.rec.netns, &self.ep.rec.ifname) {
+                    let _ = t.delete();
+                }
+            }
+        }
+    }
 }
 
 /// The agent, shared by the API server threads and the control loop.
@@ -119,6 +145,7 @@ impl Agent {
             last_error: None,
             cni_ops: BTreeMap::new(),
             objects: ClusterObjects::new(),
+            pending: BTreeSet::new(),
         };
         for (i, doc) in st.file.applied_objects.iter().enumerate() {
             match k8s::parse_documents(doc) {
@@ -365,37 +392,60 @@ impl Agent {
         r
     }
 
+    /// CNI ADD. The slow part (creating and configuring the interface) runs
+    /// without the state lock, so parallel ADDs overlap: the key and address
+    /// are reserved first, under the lock, and committed after.
     fn cni_add(&self, a: CniAttach) -> ApiResult {
         let key = AttachmentKey {
             container_id: a.container_id.clone(),
             ifname: a.ifname.clone(),
         };
-        let mut st = self.lock();
-        if let Some(e) = st.eps.get(&key) {
-            return Err(ApiError::new(
-                code::ALREADY_ATTACHED,
-                format!(
-                    "container {} interface {} is already attached with {}: expected DEL before another ADD",
-                    key.container_id, key.ifname, e.rec.ip
-                ),
-            ));
-        }
         let pod_mtu = u32::from(self.settings.pod_mtu);
         let mtu = a.mtu.unwrap_or(pod_mtu);
-        if !(576..=pod_mtu).contains(&mtu) {
-            return Err(ApiError::new(
-                code::INVALID_CONFIG,
-                format!("mtu {mtu} is not usable on this node: expected 576..={pod_mtu} (uplink MTU minus the {} overhead)", self.settings.mode),
-            ));
-        }
-        let ip = st.ipam.allocate(&key).map_err(|e| match e {
-            IpamError::Exhausted { .. } => ApiError::new(code::POOL_EXHAUSTED, e.to_string()),
-            other => ApiError::new(code::INTERNAL, other.to_string()),
-        })?;
-        let wired = match pod::wire(&key, &a.netns, &a.ifname, ip, mtu) {
+        let ip = {
+            let mut st = self.lock();
+            if let Some(e) = st.eps.get(&key) {
+                return Err(ApiError::new(
+                    code::ALREADY_ATTACHED,
+                    format!(
+                        "container {} interface {} is already attached with {}: expected DEL before another ADD",
+                        key.container_id, key.ifname, e.rec.ip
+                    ),
+                ));
+            }
+            if st.pending.contains(&key) {
+                return Err(ApiError::new(
+                    code::ALREADY_ATTACHED,
+                    format!(
+                        "container {} interface {} is being attached by another ADD",
+                        key.container_id, key.ifname
+                    ),
+                ));
+            }
+            if !(576..=pod_mtu).contains(&mtu) {
+                return Err(ApiError::new(
+                    code::INVALID_CONFIG,
+                    format!(
+                        "mtu {mtu} is not usable on this node: expected 576..={pod_mtu} (uplink MTU minus the {} overhead)",
+                        self.settings.mode
+                    ),
+                ));
+            }
+            let ip = st.ipam.allocate(&key).map_err(|e| match e {
+                IpamError::Exhausted { .. } => ApiError::new(code::POOL_EXHAUSTED, e.to_string()),
+                other => ApiError::new(code::INTERNAL, other.to_string()),
+            })?;
+            st.pending.insert(key.clone());
+            ip
+        };
+        let abort = |st: &mut State| {
+            st.pending.remove(&key);
+            st.ipam.release(&key);
+        };
+        let wired = match pod::wire(&a.netns, &a.ifname, ip, mtu) {
             Ok(w) => w,
             Err(e) => {
-                st.ipam.release(&key);
+                abort(&mut self.lock());
                 let c = match &e {
                     pod::PodNetError::Netns { .. } => code::NETNS_UNUSABLE,
                     pod::PodNetError::IfnameTaken { .. } => code::ALREADY_ATTACHED,
@@ -404,11 +454,12 @@ impl Agent {
                 return Err(ApiError::new(c, e.to_string()));
             }
         };
-        let tap_name = pod::tap_name(&key);
+        let mut st = self.lock();
+        st.pending.remove(&key);
         let port = alloc_port(&mut st);
         if let Err(e) = self.runtime.add_port(port, Box::new(wired.tap)) {
-            // The tap went into the failed command; it was dropped by now, so
-            // take the device down through its name in the pod.
+            // The TAP went with the failed command and was dropped: delete the
+            // device through its name in the pod.
             st.free_ports.insert(port.0);
             st.ipam.release(&key);
             let _ = pod::reattach(&a.netns, &a.ifname).map(|t| t.delete());
@@ -423,7 +474,7 @@ impl Agent {
             ifname: a.ifname.clone(),
             ip,
             mac: wired.mac.to_string(),
-            tap: tap_name,
+            tap: a.ifname.clone(),
             pod_namespace: a.pod.namespace.clone(),
             pod_name: a.pod.name.clone(),
             pod_uid: a.pod.uid.clone(),
@@ -439,10 +490,13 @@ impl Agent {
         );
         self.publish(&st);
         if let Err(e) = self.save(&mut st) {
-            self.remove(&mut st, &key);
+            let gone = self.remove(&mut st, &key);
             self.publish(&st);
+            drop(st);
+            gone.into_iter().for_each(Removed::destroy);
             return Err(e);
         }
+        drop(st);
         tracing::info!(container = %key.container_id, ifname = %key.ifname, %ip,
             pod = %format!("{}/{}", a.pod.namespace.as_deref().unwrap_or("-"), a.pod.name.as_deref().unwrap_or("-")),
             "pod attached");
@@ -451,22 +505,17 @@ impl Agent {
         )))
     }
 
-    /// Drops an attachment from the state and the dataplane (not saved).
-    fn remove(&self, st: &mut State, key: &AttachmentKey) -> Option<Ep> {
+    /// Drops an attachment from the state and the dataplane (not saved). The
+    /// returned handle deletes its interface; call it after releasing the lock.
+    fn remove(&self, st: &mut State, key: &AttachmentKey) -> Option<Removed> {
         let ep = st.eps.remove(key)?;
-        if let Some(port) = ep.port {
+        let port = ep.port.and_then(|port| {
             self.publish(st);
-            if let Some(p) = self.runtime.remove_port(port) {
-                if let Err(e) = p.destroy() {
-                    tracing::debug!(error = %e, "TAP already gone");
-                }
-            }
             st.free_ports.insert(port.0);
-        } else if let Ok(t) = pod::reattach(&ep.rec.netns, &ep.rec.ifname) {
-            let _ = t.delete();
-        }
+            self.runtime.remove_port(port)
+        });
         st.ipam.release(key);
-        Some(ep)
+        Some(Removed { ep, port })
     }
 
     fn cni_del(&self, d: CniDetach) -> ApiResult {
@@ -475,12 +524,16 @@ impl Agent {
             ifname: d.ifname,
         };
         let mut st = self.lock();
-        let Some(ep) = self.remove(&mut st, &key) else {
+        let Some(gone) = self.remove(&mut st, &key) else {
             return Ok(Answer::Done);
         };
         self.publish(&st);
-        self.save(&mut st)?;
-        tracing::info!(container = %key.container_id, ifname = %key.ifname, ip = %ep.rec.ip, "pod detached");
+        let saved = self.save(&mut st);
+        drop(st);
+        let ip = gone.ep.rec.ip;
+        gone.destroy();
+        saved?;
+        tracing::info!(container = %key.container_id, ifname = %key.ifname, %ip, "pod detached");
         Ok(Answer::Done)
     }
 
@@ -532,15 +585,20 @@ impl Agent {
             .filter(|k| !valid.contains(*k))
             .cloned()
             .collect();
+        let mut gone = Vec::new();
         for k in &stale {
-            self.remove(&mut st, k);
+            gone.extend(self.remove(&mut st, k));
             tracing::info!(container = %k.container_id, ifname = %k.ifname, "stale attachment collected");
         }
-        if !stale.is_empty() {
+        let saved = if stale.is_empty() {
+            Ok(())
+        } else {
             self.publish(&st);
-            self.save(&mut st)?;
-        }
-        Ok(Answer::Done)
+            self.save(&mut st)
+        };
+        drop(st);
+        gone.into_iter().for_each(Removed::destroy);
+        saved.map(|()| Answer::Done)
     }
 
     /// Applies or deletes Kubernetes objects: all documents are checked
