@@ -27,10 +27,17 @@ struct Args {
     /// Check the configuration and exit.
     #[arg(long)]
     check_config: bool,
+    /// Print a fully commented example configuration and exit.
+    #[arg(long)]
+    print_example_config: bool,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if args.print_example_config {
+        print!("{}", sluice_control::config::EXAMPLE);
+        return ExitCode::SUCCESS;
+    }
     let cfg = match Config::load(&args.config) {
         Ok(c) => c,
         Err(e) => {
