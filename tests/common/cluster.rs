@@ -114,13 +114,16 @@ impl Node {
     pub fn config(&self) -> String {
         let mut c = format!(
             "node_name = \"{}\"\nmode = \"{}\"\nuplink = \"ul0\"\npod_cidr = \"{}\"\ncluster_cidr = \"198.19.0.0/16\"\n\
-             uplink_backend = \"{}\"\nstate_dir = \"{}\"\napi_socket = \"{}\"\nmetrics_listen = \"127.0.0.1:0\"\nworkers = 1\n",
+             uplink_backend = \"{}\"\nstate_dir = \"{}\"\napi_socket = \"{}\"\nmetrics_listen = \"127.0.0.1:{}\"\nworkers = 1\n",
             self.name,
             self.mode,
             self.pod_cidr,
             self.backend,
             self.dir.path().join("state").display(),
             self.socket().display(),
+            // Loopback is the node namespace's own: a fixed port per node
+            // index, for tests that scrape (tests/metrics.rs).
+            19100 + u16::from(self.ip.octets()[3]),
         );
         for (name, ip, cidr) in &self.peers {
             c += &format!(

@@ -377,6 +377,7 @@ impl Agent {
     fn timed(&self, op: &'static str, f: impl FnOnce() -> ApiResult) -> ApiResult {
         let t = Instant::now();
         let r = f();
+        super::metrics::observe_cni(op, t.elapsed().as_secs_f64());
         let mut st = self.lock();
         *st.cni_ops.entry(op).or_default() += 1;
         if let Err(e) = &r {
@@ -842,5 +843,37 @@ fn object_json(o: &Object) -> Option<String> {
         Object::Namespace(x) => serde_json::to_string(x).ok(),
         Object::Pod(x) => serde_json::to_string(x).ok(),
         Object::NetworkPolicy(x) => serde_json::to_string(x).ok(),
+    }
+}
+
+// Read-only views for the metrics endpoint (super::metrics), gathered on scrape.
+impl Agent {
+    /// Time since the agent started.
+    pub fn uptime(&self) -> std::time::Duration {
+        self.started.elapsed()
+    }
+
+    /// CNI requests served since start, by operation (`add`, `del`, `check`,
+    /// `gc`), failed ones included.
+    pub fn cni_op_counts(&self) -> BTreeMap<&'static str, u64> {
+        self.lock().cni_ops.clone()
+    }
+
+    /// Attachments in the state: (interface attached, waiting for its
+    /// namespace to come back).
+    pub fn attachment_counts(&self) -> (usize, usize) {
+        let st = self.lock();
+        let attached = st.eps.values().filter(|e| e.port.is_some()).count();
+        (attached, st.eps.len() - attached)
+    }
+
+    /// Peer nodes known (configured and from Node objects).
+    pub fn peer_count(&self) -> usize {
+        self.lock().peers.len()
+    }
+
+    /// Pod addresses still free in this node's range.
+    pub fn addresses_free(&self) -> u64 {
+        self.lock().ipam.free_count()
     }
 }

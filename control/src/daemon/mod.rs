@@ -3,12 +3,13 @@
 //! until told to stop, and shuts down leaving pods' interfaces in place.
 
 pub mod agent;
+pub mod metrics;
 pub mod net;
 pub mod notify;
 pub mod pod;
 pub mod server;
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -58,6 +59,8 @@ pub struct Settings {
     pub backend: Backend,
     pub state_dir: PathBuf,
     pub api_socket: PathBuf,
+    /// Where the Prometheus endpoint listens.
+    pub metrics_listen: SocketAddr,
     pub host_port: bool,
     pub host_ifname: String,
     pub peers: Vec<PeerSpec>,
@@ -90,6 +93,7 @@ impl Settings {
             },
             state_dir: r.state_dir.clone(),
             api_socket: r.api_socket.clone(),
+            metrics_listen: r.metrics_listen,
             host_port: r.host_port,
             host_ifname: r.host_ifname.clone(),
             peers: r
@@ -226,6 +230,12 @@ pub fn run(s: Settings, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
     let api_path = s.api_socket.clone();
     let agent = agent::Agent::new(s, uplink, tables, runtime, backend, reason, host_mac)?;
     let _server = server::Server::start(listener, api_path, agent.clone());
+    let _metrics = metrics::serve(agent.settings.metrics_listen, agent.clone()).map_err(|e| {
+        DaemonError::Config {
+            key: "metrics_listen",
+            reason: e.to_string(),
+        }
+    })?;
     notify::ready();
     tracing::info!(node = %agent.settings.node_name, mode = %agent.settings.mode, "sluiced ready");
 
