@@ -289,6 +289,11 @@ impl Node {
 
     /// Creates a pod namespace and attaches it (ADD); panics on failure.
     pub fn add_pod(&self, name: &str) -> Pod {
+        self.add_pod_in("default", name)
+    }
+
+    /// [`Node::add_pod`] for a pod in Kubernetes namespace `k8s_ns`.
+    pub fn add_pod_in(&self, k8s_ns: &str, name: &str) -> Pod {
         let ns = Netns::new(&unique(&format!(
             "{}p",
             &self.ns.name()[..self.ns.name().len().min(8)]
@@ -296,7 +301,7 @@ impl Node {
         let container_id = unique(&format!("ctr{name}"));
         let netns = format!("/var/run/netns/{}", ns.name());
         let args = format!(
-            "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={name};K8S_POD_UID=uid-{name}"
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE={k8s_ns};K8S_POD_NAME={name};K8S_POD_UID=uid-{name}"
         );
         let out = self.cni(
             "ADD",

@@ -27,6 +27,7 @@ use crate::api::{
 };
 use crate::ipam::{Ipam, IpamError};
 use crate::k8s::{self, Change, ClusterObjects, NodeInfo, Object};
+use crate::policy;
 use crate::store::{EndpointRecord, StateFile, Store};
 
 /// A peer node: where its pods are and how to reach it.
@@ -67,6 +68,8 @@ struct State {
     objects: ClusterObjects,
     /// Attachments whose ADD is wiring the interface right now.
     pending: BTreeSet<AttachmentKey>,
+    /// NetworkPolicy compiler, fed from the applied objects and attachments.
+    policy: policy::Compiler,
 }
 
 /// An attachment taken out of the state; its interface still to delete.
@@ -146,10 +149,14 @@ impl Agent {
             cni_ops: BTreeMap::new(),
             objects: ClusterObjects::new(),
             pending: BTreeSet::new(),
+            policy: policy::Compiler::new(),
         };
-        for (i, doc) in st.file.applied_objects.iter().enumerate() {
+        for (i, doc) in st.file.applied_objects.clone().iter().enumerate() {
             match k8s::parse_documents(doc) {
                 Ok(objs) => objs.into_iter().for_each(|o| {
+                    if let Err(e) = feed_policy(&mut st.policy, &o, true) {
+                        tracing::warn!(object = %o.key(), error = %e, "stored object not compiled");
+                    }
                     st.objects.apply(o);
                 }),
                 Err(e) => tracing::warn!(index = i, error = %e, "stored object skipped"),
@@ -191,7 +198,7 @@ impl Agent {
             }
             agent.sync_peers(&mut st);
             agent.refresh_neighbours(&mut st);
-            agent.publish(&st);
+            agent.publish(&mut st);
         }
         Ok(agent)
     }
@@ -229,7 +236,7 @@ impl Agent {
     }
 
     /// Builds and publishes the tables from the state.
-    fn publish(&self, st: &State) {
+    fn publish(&self, st: &mut State) {
         let s = &self.settings;
         let mut node = NodeParams::new(s.mode, s.node_ip, self.uplink.mac, self.uplink.mtu);
         node.pod_mtu = s.pod_mtu;
@@ -289,11 +296,22 @@ impl Agent {
             }
         };
         let sources: Vec<Ipv4Addr> = st.peers.values().map(|p| p.node_ip).collect();
+        let local = st.eps.values().filter_map(|e| {
+            let r = &e.rec;
+            Some((
+                policy::PodKey::new(r.pod_namespace.as_deref()?, r.pod_name.as_deref()?),
+                r.ip,
+            ))
+        });
+        let local: Vec<(policy::PodKey, Ipv4Addr)> = local.collect();
+        st.policy.set_local_endpoints(local);
+        let compiled = st.policy.build();
         let t = self.tables.update(|cur| Tables {
             node: Arc::new(node),
             endpoints: Arc::new(endpoints),
             routes: Arc::new(RouteTable::new(routes)),
             tunnels: Arc::new(TunnelTable::new(tunnels, sources)),
+            policy: compiled,
             ..cur.clone()
         });
         tracing::debug!(
@@ -337,7 +355,7 @@ impl Agent {
     pub fn tick(&self) {
         let mut st = self.lock();
         if self.refresh_neighbours(&mut st) {
-            self.publish(&st);
+            self.publish(&mut st);
         }
     }
 
@@ -489,10 +507,10 @@ impl Agent {
                 port: Some(port),
             },
         );
-        self.publish(&st);
+        self.publish(&mut st);
         if let Err(e) = self.save(&mut st) {
             let gone = self.remove(&mut st, &key);
-            self.publish(&st);
+            self.publish(&mut st);
             drop(st);
             gone.into_iter().for_each(Removed::destroy);
             return Err(e);
@@ -528,7 +546,7 @@ impl Agent {
         let Some(gone) = self.remove(&mut st, &key) else {
             return Ok(Answer::Done);
         };
-        self.publish(&st);
+        self.publish(&mut st);
         let saved = self.save(&mut st);
         drop(st);
         let ip = gone.ep.rec.ip;
@@ -594,7 +612,7 @@ impl Agent {
         let saved = if stale.is_empty() {
             Ok(())
         } else {
-            self.publish(&st);
+            self.publish(&mut st);
             self.save(&mut st)
         };
         drop(st);
@@ -617,6 +635,9 @@ impl Agent {
         let mut report = Vec::new();
         for o in objs {
             let key = o.key();
+            if let Err(e) = feed_policy(&mut st.policy, &o, apply) {
+                tracing::warn!(object = %key, error = %e, "not compiled");
+            }
             let what = if apply {
                 match st.objects.apply(o) {
                     Change::Created => "created",
@@ -634,7 +655,7 @@ impl Agent {
         self.sync_peers(&mut st);
         st.file.applied_objects = st.objects.iter().filter_map(object_json).collect();
         self.refresh_neighbours(&mut st);
-        self.publish(&st);
+        self.publish(&mut st);
         self.save(&mut st)?;
         Ok(Answer::Json(json!(report)))
     }
@@ -681,14 +702,14 @@ impl Agent {
         tracing::info!(peer = %p.name, node_ip = %p.node_ip, pod_cidr = %p.pod_cidr, "peer updated");
         st.peers.insert(p.name.clone(), p);
         self.refresh_neighbours(&mut st);
-        self.publish(&st);
+        self.publish(&mut st);
     }
 
     pub fn remove_peer(&self, name: &str) -> bool {
         let mut st = self.lock();
         let gone = st.peers.remove(name).is_some();
         if gone {
-            self.publish(&st);
+            self.publish(&mut st);
         }
         gone
     }
@@ -875,5 +896,39 @@ impl Agent {
     /// Pod addresses still free in this node's range.
     pub fn addresses_free(&self) -> u64 {
         self.lock().ipam.free_count()
+    }
+}
+
+/// Feeds one applied (or deleted) object to the policy compiler.
+fn feed_policy(
+    c: &mut policy::Compiler,
+    o: &Object,
+    apply: bool,
+) -> Result<(), policy::PolicyError> {
+    match (o, apply) {
+        (Object::Namespace(n), true) => c.upsert_namespace(n),
+        (Object::Pod(p), true) => c.upsert_pod(p),
+        (Object::NetworkPolicy(np), true) => c.upsert_policy(np),
+        (Object::Namespace(_), false) => {
+            c.remove_namespace(&o.key().name);
+            Ok(())
+        }
+        (Object::Pod(_), false) => {
+            let k = o.key();
+            c.remove_pod(&policy::PodKey::new(
+                k.namespace.unwrap_or_default(),
+                k.name,
+            ));
+            Ok(())
+        }
+        (Object::NetworkPolicy(_), false) => {
+            let k = o.key();
+            c.remove_policy(&policy::PolicyKey::new(
+                k.namespace.unwrap_or_default(),
+                k.name,
+            ));
+            Ok(())
+        }
+        (Object::Node(_), _) => Ok(()),
     }
 }

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sluice_dataplane::buf::PortId;
-use sluice_dataplane::policy::AllowAll;
+use sluice_dataplane::policy::{conntrack, enforcer, NetPolicy};
 use sluice_dataplane::port::packet::{KernelSinks, PacketSocket, UplinkFilter};
 use sluice_dataplane::port::xdp::{XdpConfig, XdpUplink};
 use sluice_dataplane::runtime::{BoxPort, Runtime, RuntimeConfig};
@@ -63,6 +63,8 @@ pub struct Settings {
     pub metrics_listen: SocketAddr,
     pub host_port: bool,
     pub host_ifname: String,
+    /// Connection-tracking entries per worker.
+    pub conntrack_size: usize,
     pub peers: Vec<PeerSpec>,
 }
 
@@ -96,6 +98,7 @@ impl Settings {
             metrics_listen: r.metrics_listen,
             host_port: r.host_port,
             host_ifname: r.host_ifname.clone(),
+            conntrack_size: r.conntrack_size as usize,
             peers: r
                 .peers
                 .iter()
@@ -206,7 +209,16 @@ pub fn run(s: Settings, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
         workers: s.workers,
         ..RuntimeConfig::default()
     };
-    let runtime = Runtime::start(&rt_cfg, &tables, || AllowAll).map_err(DaemonError::Runtime)?;
+    let ct = conntrack::Config {
+        capacity: s.conntrack_size,
+        ..conntrack::Config::default()
+    };
+    let policy_cfg = enforcer::Config {
+        conntrack: ct,
+        ..enforcer::Config::default()
+    };
+    let runtime = Runtime::start(&rt_cfg, &tables, || NetPolicy::new(policy_cfg))
+        .map_err(DaemonError::Runtime)?;
 
     let (up, backend, reason, _sinks) = open_uplink(&s)?;
     tracing::info!(backend = %backend, reason = %reason, uplink = %s.uplink, "uplink backend chosen");
