@@ -131,9 +131,7 @@ impl Compiler {
                 ip: self.pod_ip(k),
             },
             Target::Ip(ip) => End {
-                pod: self
-                    .pod_at(*ip)
-                    .and_then(|k| self.pods.get_key_value(k)),
+                pod: self.pod_at(*ip).and_then(|k| self.pods.get_key_value(k)),
                 ip: Some(*ip),
             },
         }
@@ -163,9 +161,9 @@ impl Compiler {
     fn rule_allows(&self, r: &Rule, peer: &End<'_>, dst: &End<'_>, proto: u8, port: u16) -> bool {
         let ports_ok = match &r.ports {
             None => true,
-            Some(list) => list.iter().any(|p| {
-                p.matches(dst.pod.map(|(_, info)| info.ports.as_slice()), proto, port)
-            }),
+            Some(list) => list
+                .iter()
+                .any(|p| p.matches(dst.pod.map(|(_, info)| info.ports.as_slice()), proto, port)),
         };
         ports_ok
             && match &r.peers {
@@ -220,7 +218,13 @@ impl Compiler {
 
     /// Explains a new flow `from -> to` on `port`/`protocol`: the policies
     /// selecting each side, each side's verdict and the rule that decided.
-    pub fn explain(&self, from: &Target, to: &Target, port: u16, protocol: Protocol) -> Explanation {
+    pub fn explain(
+        &self,
+        from: &Target,
+        to: &Target,
+        port: u16,
+        protocol: Protocol,
+    ) -> Explanation {
         let (f, t) = (self.end(from), self.end(to));
         let proto = protocol.number();
         let egress = self.side(&f, &t, true, proto, port);

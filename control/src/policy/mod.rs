@@ -35,9 +35,9 @@ mod selector;
 #[cfg(test)]
 mod reference;
 #[cfg(test)]
-mod tests;
-#[cfg(test)]
 mod testkit;
+#[cfg(test)]
+mod tests;
 #[cfg(test)]
 mod truth_table;
 
@@ -54,8 +54,8 @@ use sluice_dataplane::table::Prefix;
 
 pub use explain::{Explanation, RuleRef, Side, Target};
 pub use model::{
-    default_namespace_labels, namespace_info, parse_policy, pod_info, NamedPort, Namespaces,
-    Peer, PodInfo, Policy, PolicyError, PolicyKey, PodKey, Port, Rule, NAMESPACE_NAME_LABEL,
+    default_namespace_labels, namespace_info, parse_policy, pod_info, NamedPort, Namespaces, Peer,
+    PodInfo, PodKey, Policy, PolicyError, PolicyKey, Port, Rule, NAMESPACE_NAME_LABEL,
 };
 pub use selector::{Labels, Requirement, Selector, SelectorError};
 
@@ -140,7 +140,7 @@ impl Compiler {
 
     fn set_namespace(&mut self, name: String, labels: Labels) {
         let old = self.namespace_labels(&name);
-        if old == labels {
+        if old == labels || self.cache.is_empty() {
             self.namespaces.insert(name, labels);
             return;
         }
@@ -224,12 +224,16 @@ impl Compiler {
                 continue;
             };
             let old_ip = self.address(&key, &info);
-            // The same pod, seen at its old and its new address.
-            self.pod_changed(&key, Some(&info), None);
             self.set_local(&key, b);
-            self.pod_changed(&key, None, Some(&info));
             let new_ip = self.address(&key, &info);
-            self.rehome(&key, old_ip, new_ip);
+            if old_ip != new_ip {
+                // The same pod, seen at its old and its new address.
+                self.set_local(&key, a);
+                self.pod_changed(&key, Some(&info), None);
+                self.set_local(&key, b);
+                self.pod_changed(&key, None, Some(&info));
+                self.rehome(&key, old_ip, new_ip);
+            }
         }
         // Endpoints of unknown pods still get a generation for their address.
         for (key, ip) in &new {
@@ -271,10 +275,14 @@ impl Compiler {
 
     /// A namespace's labels (with the name label, also for unknown ones).
     pub fn namespace_labels(&self, name: &str) -> Labels {
-        self.namespaces
-            .get(name)
-            .cloned()
-            .unwrap_or_else(|| default_namespace_labels(name))
+        self.ns_labels(name).into_owned()
+    }
+
+    fn ns_labels(&self, name: &str) -> std::borrow::Cow<'_, Labels> {
+        match self.namespaces.get(name) {
+            Some(l) => std::borrow::Cow::Borrowed(l),
+            None => std::borrow::Cow::Owned(default_namespace_labels(name)),
+        }
     }
 
     fn address(&self, key: &PodKey, p: &PodInfo) -> Option<Ipv4Addr> {
@@ -296,6 +304,10 @@ impl Compiler {
     /// A pod changed from `old` to `new` (either may be absent): forgets the
     /// results of identities whose rules may name it as a peer.
     fn pod_changed(&mut self, key: &PodKey, old: Option<&PodInfo>, new: Option<&PodInfo>) {
+        if self.cache.is_empty() {
+            // Nothing compiled yet (a bulk load): nothing to forget.
+            return;
+        }
         let ns_labels = self.namespace_labels(&key.namespace);
         let views: Vec<(&Labels, Option<Ipv4Addr>)> = [old, new]
             .into_iter()
@@ -306,9 +318,9 @@ impl Compiler {
             .policies
             .values()
             .filter(|p| {
-                views.iter().any(|(labels, ip)| {
-                    depends_on_pod(p, &key.namespace, &ns_labels, labels, *ip)
-                })
+                views
+                    .iter()
+                    .any(|(labels, ip)| depends_on_pod(p, &key.namespace, &ns_labels, labels, *ip))
             })
             .cloned()
             .collect();
@@ -464,7 +476,7 @@ impl Compiler {
             let ns_ok = match last_ns {
                 Some((n, ok)) if n == k.namespace => ok,
                 _ => {
-                    let ok = namespaces.matches(&k.namespace, &self.namespace_labels(&k.namespace));
+                    let ok = namespaces.matches(&k.namespace, &self.ns_labels(&k.namespace));
                     last_ns = Some((k.namespace.as_str(), ok));
                     ok
                 }
@@ -528,9 +540,9 @@ impl Compiler {
     fn expand_ingress(&self, r: &Rule, own_ports: &[NamedPort], out: &mut Vec<PeerRule>) {
         let ports = match &r.ports {
             None => PortSet::all(),
-            Some(list) => list
-                .iter()
-                .fold(PortSet::none(), |acc, p| acc.union(&p.resolve(Some(own_ports)))),
+            Some(list) => list.iter().fold(PortSet::none(), |acc, p| {
+                acc.union(&p.resolve(Some(own_ports)))
+            }),
         };
         if ports.is_empty() {
             return;

@@ -137,15 +137,19 @@ pub struct NamedPort {
 
 /// Reads a pod.
 pub fn pod_info(pod: &Pod) -> Result<(PodKey, PodInfo), PolicyError> {
-    let name = pod.metadata.name.clone().ok_or(PolicyError::MissingName { kind: "Pod" })?;
-    let namespace = pod
+    let name = pod
         .metadata
-        .namespace
+        .name
         .clone()
-        .ok_or_else(|| PolicyError::MissingNamespace {
-            kind: "Pod",
-            name: name.clone(),
-        })?;
+        .ok_or(PolicyError::MissingName { kind: "Pod" })?;
+    let namespace =
+        pod.metadata
+            .namespace
+            .clone()
+            .ok_or_else(|| PolicyError::MissingNamespace {
+                kind: "Pod",
+                name: name.clone(),
+            })?;
     let status = pod.status.as_ref();
     let status_ip = status
         .and_then(|s| s.pod_ip.as_deref())
@@ -235,7 +239,10 @@ pub enum Peer {
         namespaces: Namespaces,
         pods: Selector,
     },
-    Block { cidr: Prefix, except: Vec<Prefix> },
+    Block {
+        cidr: Prefix,
+        except: Vec<Prefix>,
+    },
     /// An IPv6 block: matches no IPv4 address.
     Nothing,
 }
@@ -586,20 +593,20 @@ mod tests {
     #[test]
     fn peers_and_ports() {
         let p = policy(json!({"metadata": {"name": "p", "namespace": "x"},
-            "spec": {"podSelector": {}, "ingress": [{
-                "from": [
-                    {"podSelector": {"matchLabels": {"pod": "a"}}},
-                    {"namespaceSelector": {"matchLabels": {"ns": "y"}}, "podSelector": {}},
-                    {"ipBlock": {"cidr": "198.19.0.0/16", "except": ["198.19.1.0/24", "fd00::/64"]}},
-                    {"ipBlock": {"cidr": "fd00::/8"}},
-                ],
-                "ports": [
-                    {"port": 80},
-                    {"port": "8080", "protocol": "UDP"},
-                    {"port": "http"},
-                    {"port": 9000, "endPort": 9100, "protocol": "SCTP"},
-                    {"protocol": "UDP"},
-                ]}]}}))
+        "spec": {"podSelector": {}, "ingress": [{
+            "from": [
+                {"podSelector": {"matchLabels": {"pod": "a"}}},
+                {"namespaceSelector": {"matchLabels": {"ns": "y"}}, "podSelector": {}},
+                {"ipBlock": {"cidr": "198.19.0.0/16", "except": ["198.19.1.0/24", "fd00::/64"]}},
+                {"ipBlock": {"cidr": "fd00::/8"}},
+            ],
+            "ports": [
+                {"port": 80},
+                {"port": "8080", "protocol": "UDP"},
+                {"port": "http"},
+                {"port": 9000, "endPort": 9100, "protocol": "SCTP"},
+                {"protocol": "UDP"},
+            ]}]}}))
         .unwrap();
         let r = &p.ingress.unwrap()[0];
         let peers = r.peers.as_ref().unwrap();
@@ -626,7 +633,9 @@ mod tests {
             PolicyError::Peer { .. }
         ));
         assert!(matches!(
-            bad(json!({"ingress": [{"from": [{"ipBlock": {"cidr": "1.2.3.0/24"}, "podSelector": {}}]}]})),
+            bad(
+                json!({"ingress": [{"from": [{"ipBlock": {"cidr": "1.2.3.0/24"}, "podSelector": {}}]}]})
+            ),
             PolicyError::Peer { .. }
         ));
         assert!(matches!(

@@ -211,7 +211,12 @@ fn arb_selector() -> impl Strategy<Value = Value> {
     ]
 }
 
-const CIDRS: [&str; 4] = ["198.19.0.0/16", "198.19.1.0/24", "198.19.2.8/29", "0.0.0.0/0"];
+const CIDRS: [&str; 4] = [
+    "198.19.0.0/16",
+    "198.19.1.0/24",
+    "198.19.2.8/29",
+    "0.0.0.0/0",
+];
 const EXCEPTS: [&str; 3] = ["198.19.1.10/32", "198.19.2.8/30", "198.19.1.8/29"];
 
 fn arb_peer() -> impl Strategy<Value = Value> {

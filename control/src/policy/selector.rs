@@ -52,7 +52,9 @@ pub struct Selector {
 /// A selector Kubernetes would refuse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SelectorError {
-    #[error("selector operator {operator:?} on key {key:?}: expected In, NotIn, Exists or DoesNotExist")]
+    #[error(
+        "selector operator {operator:?} on key {key:?}: expected In, NotIn, Exists or DoesNotExist"
+    )]
     Operator { key: String, operator: String },
     #[error("selector operator {operator} on key {key:?} takes no values, got {values:?}")]
     UnexpectedValues {
@@ -199,7 +201,9 @@ mod tests {
             })
         );
         assert!(matches!(
-            sel(serde_json::json!({"matchExpressions": [{"key": "a", "operator": "Exists", "values": ["x"]}]})),
+            sel(
+                serde_json::json!({"matchExpressions": [{"key": "a", "operator": "Exists", "values": ["x"]}]})
+            ),
             Err(SelectorError::UnexpectedValues { .. })
         ));
         assert!(Selector::parse_opt(None).unwrap().is_everything());

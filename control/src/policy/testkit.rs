@@ -56,8 +56,10 @@ pub fn namespace(name: &str, labels: Value) -> Namespace {
 }
 
 pub fn netpol(ns: &str, name: &str, spec: Value) -> NetworkPolicy {
-    serde_json::from_value(json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-        "metadata": {"name": name, "namespace": ns}, "spec": spec}))
+    serde_json::from_value(
+        json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": name, "namespace": ns}, "spec": spec}),
+    )
     .expect("test policy")
 }
 
@@ -157,10 +159,10 @@ impl World {
     /// Each node's tables: its local pods as endpoints, its compiled policy.
     pub fn tables(&mut self) -> [Tables; 2] {
         let mut out = Vec::new();
-        for n in 0..2 {
+        for (n, node_ip) in NODE_IPS.into_iter().enumerate() {
             let mut t = Tables::new(NodeParams::new(
                 Mode::Vxlan,
-                NODE_IPS[n],
+                node_ip,
                 MacAddr([2, 0, 0, 0, 0, n as u8 + 1]),
                 1500,
             ));

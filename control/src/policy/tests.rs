@@ -27,9 +27,27 @@ fn pod(ns: &str, name: &str, labels: serde_json::Value, ip: [u8; 4], node: usize
 fn world() -> World {
     let mut pods = Vec::new();
     for i in 0..4u8 {
-        pods.push(pod("x", &format!("web{i}"), json!({"app": "web"}), [198, 19, 1, 10 + i], 0));
-        pods.push(pod("x", &format!("db{i}"), json!({"app": "db"}), [198, 19, 1, 20 + i], 0));
-        pods.push(pod("x", &format!("other{i}"), json!({"app": "other"}), [198, 19, 2, 10 + i], 1));
+        pods.push(pod(
+            "x",
+            &format!("web{i}"),
+            json!({"app": "web"}),
+            [198, 19, 1, 10 + i],
+            0,
+        ));
+        pods.push(pod(
+            "x",
+            &format!("db{i}"),
+            json!({"app": "db"}),
+            [198, 19, 1, 20 + i],
+            0,
+        ));
+        pods.push(pod(
+            "x",
+            &format!("other{i}"),
+            json!({"app": "other"}),
+            [198, 19, 2, 10 + i],
+            1,
+        ));
     }
     World::new(&[namespace("x", json!({}))], pods)
 }
@@ -51,11 +69,17 @@ fn recompiles_only_what_a_change_touches() {
     // A pod no rule names changes labels: nothing to recompile.
     w.relabel_pod("x/other0", json!({"app": "other", "v": "2"}));
     w.tables();
-    assert_eq!(w.compilers[0].stats().identities_compiled, s0.identities_compiled);
+    assert_eq!(
+        w.compilers[0].stats().identities_compiled,
+        s0.identities_compiled
+    );
     // A new web replica (a peer of db): only db is recompiled.
     w.relabel_pod("x/other1", json!({"app": "web"}));
     w.tables();
-    assert_eq!(w.compilers[0].stats().identities_compiled, s0.identities_compiled + 1);
+    assert_eq!(
+        w.compilers[0].stats().identities_compiled,
+        s0.identities_compiled + 1
+    );
     // Replicas share one rule set.
     let t = w.tables();
     let db: Vec<_> = t[0]
@@ -72,7 +96,11 @@ fn recompiles_only_what_a_change_touches() {
 #[test]
 fn reused_address_gets_a_new_generation_and_no_old_connection() {
     let mut w = world();
-    w.apply(&netpol("x", "deny", json!({"podSelector": {}, "policyTypes": ["Ingress"]})));
+    w.apply(&netpol(
+        "x",
+        "deny",
+        json!({"podSelector": {}, "policyTypes": ["Ingress"]}),
+    ));
     let t = w.tables();
     let ip = Ipv4Addr::new(198, 19, 1, 10);
     let g1 = t[0].policy.ip_generation(u32::from(ip));
@@ -106,7 +134,10 @@ fn reused_address_gets_a_new_generation_and_no_old_connection() {
         c.upsert_pod(&new.object()).unwrap();
     }
     w.compilers[0].set_local_endpoints(
-        w.pods.iter().filter(|p| p.node == 0).map(|p| (p.key.clone(), p.ip)),
+        w.pods
+            .iter()
+            .filter(|p| p.node == 0)
+            .map(|p| (p.key.clone(), p.ip)),
     );
     let t2 = w.tables();
     let g2 = t2[0].policy.ip_generation(u32::from(ip));
@@ -222,7 +253,9 @@ fn bad_objects_are_refused_and_change_nothing() {
         c.upsert_pod(&nameless),
         Err(PolicyError::MissingName { kind: "Pod" })
     );
-    assert!(c.upsert_namespace(&namespace("z", json!({"a": "b"}))).is_ok());
+    assert!(c
+        .upsert_namespace(&namespace("z", json!({"a": "b"})))
+        .is_ok());
     c.remove_namespace("z");
     assert_eq!(c.namespace_labels("z").len(), 1);
 }

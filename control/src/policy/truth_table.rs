@@ -71,7 +71,11 @@ fn no_policy_allows_everything() {
 #[test]
 fn default_deny_ingress() {
     let mut w = cluster();
-    w.apply(&netpol("x", "deny-ingress", json!({"podSelector": {}, "policyTypes": ["Ingress"]})));
+    w.apply(&netpol(
+        "x",
+        "deny-ingress",
+        json!({"podSelector": {}, "policyTypes": ["Ingress"]}),
+    ));
     w.expect(
         ALL,
         "
@@ -90,7 +94,11 @@ fn default_deny_ingress() {
 #[test]
 fn default_deny_egress() {
     let mut w = cluster();
-    w.apply(&netpol("x", "deny-egress", json!({"podSelector": {}, "policyTypes": ["Egress"]})));
+    w.apply(&netpol(
+        "x",
+        "deny-egress",
+        json!({"podSelector": {}, "policyTypes": ["Egress"]}),
+    ));
     w.expect(
         ALL,
         "

@@ -196,8 +196,7 @@ impl PortSet {
             PROTO_SCTP => &self.ranges[2],
             _ => return false,
         };
-        let i = r.partition_point(|x| x.end < port);
-        matches!(r.get(i), Some(x) if x.start <= port)
+        matches!(r.get(below(r, port)), Some(x) if x.start <= port)
     }
 
     /// Bytes this set holds on the heap and inline.
@@ -208,6 +207,19 @@ impl PortSet {
                 .iter()
                 .map(|r| std::mem::size_of_val(&**r))
                 .sum::<usize>()
+    }
+}
+
+/// How many of the sorted, disjoint ranges `r` end below `port`: a
+/// branch-free count for short lists (the usual case: a binary search over a
+/// handful of ranges is mostly mispredicted branches), a binary search for
+/// long ones.
+#[inline(always)]
+fn below(r: &[PortRange], port: u16) -> usize {
+    if r.len() <= 16 {
+        r.iter().fold(0usize, |n, x| n + usize::from(x.end < port))
+    } else {
+        r.partition_point(|x| x.end < port)
     }
 }
 
@@ -333,7 +345,7 @@ impl SearchTree {
         for level in &self.levels {
             // `j` is in range: it starts at 0 and is clamped below for the next level.
             let node = &level[j.min(level.len() - 1)];
-            let c = node.0.iter().fold(0usize, |n, &k| n + usize::from(k <= a));
+            let c = node.0.iter().fold(0u32, |n, &k| n + u32::from(k <= a)) as usize;
             j = j * FANOUT + c.saturating_sub(1);
         }
         j.min(self.len - 1)
@@ -365,11 +377,23 @@ impl SearchTree {
 #[derive(Debug, Clone)]
 pub struct RuleSet {
     tree: SearchTree,
-    /// Peer class (index into `port_sets`) of each interval.
+    /// Peer class (index into `info`) of each interval.
     classes: Box<[u32]>,
-    /// Class 0 is always the empty set.
-    port_sets: Box<[PortSet]>,
+    /// The ports of each class; class 0 is always the empty set.
+    info: Box<[ClassInfo]>,
+    /// Every class's ranges, TCP then UDP then SCTP, one after another.
+    ranges: Box<[PortRange]>,
     rules: usize,
+}
+
+/// A peer class's ports, flattened: 12 bytes here plus its ranges in the
+/// rule set's one array (two loads, no pointer chasing per protocol).
+#[derive(Debug, Clone, Copy, Default)]
+struct ClassInfo {
+    start: u32,
+    /// Ranges of TCP, UDP, SCTP.
+    len: [u16; 3],
+    any: bool,
 }
 
 impl Default for RuleSet {
@@ -463,27 +487,80 @@ impl RuleSet {
                 len: 1,
             })
         });
+        let mut info = Vec::with_capacity(port_sets.len());
+        let mut flat: Vec<PortRange> = Vec::new();
+        for set in &port_sets {
+            let start = flat.len() as u32;
+            let mut len = [0u16; 3];
+            for p in Protocol::ALL {
+                let r = set.ranges(p);
+                // At most 32768 disjoint, non-adjacent ranges fit in 16 bits.
+                len[p.index()] = r.len().min(usize::from(u16::MAX)) as u16;
+                flat.extend_from_slice(&r[..usize::from(len[p.index()])]);
+            }
+            info.push(ClassInfo {
+                start,
+                len,
+                any: set.is_all(),
+            });
+        }
         RuleSet {
             tree,
             classes: classes.into_boxed_slice(),
-            port_sets: port_sets.into_boxed_slice(),
+            info: info.into_boxed_slice(),
+            ranges: flat.into_boxed_slice(),
             rules: rules.len(),
         }
     }
 
-    /// The ports `peer` may use.
-    #[inline]
-    pub fn class_of(&self, peer: u32) -> &PortSet {
+    #[inline(always)]
+    fn class(&self, peer: u32) -> ClassInfo {
         let i = self.tree.rank(peer);
         let c = self.classes.get(i).copied().unwrap_or(0);
-        self.port_sets.get(c as usize).unwrap_or(&self.port_sets[0])
+        self.info.get(c as usize).copied().unwrap_or_default()
+    }
+
+    /// The ports `peer` may use (operators, tests; the fast path uses
+    /// [`RuleSet::allows`]).
+    pub fn ports_of(&self, peer: u32) -> PortSet {
+        self.class_ports(self.class(peer))
+    }
+
+    fn class_ports(&self, c: ClassInfo) -> PortSet {
+        if c.any {
+            return PortSet::all();
+        }
+        let mut out = PortSet::none();
+        let mut at = c.start as usize;
+        for p in Protocol::ALL {
+            let n = usize::from(c.len[p.index()]);
+            let r = self.ranges.get(at..at + n).unwrap_or(&[]);
+            out = out.union(&PortSet::of(p, r.iter().copied()));
+            at += n;
+        }
+        out
     }
 
     /// Whether `peer` may send (ingress) or be sent (egress) a packet of IP
     /// protocol `proto` to `port`.
     #[inline]
     pub fn allows(&self, peer: u32, proto: u8, port: u16) -> bool {
-        self.class_of(peer).allows(proto, port)
+        let c = self.class(peer);
+        if c.any {
+            return true;
+        }
+        let [tcp, udp, sctp] = c.len.map(usize::from);
+        let start = c.start as usize;
+        let (from, n) = match proto {
+            PROTO_TCP => (start, tcp),
+            PROTO_UDP => (start + tcp, udp),
+            PROTO_SCTP => (start + tcp + udp, sctp),
+            _ => return false,
+        };
+        let Some(r) = self.ranges.get(from..from + n) else {
+            return false;
+        };
+        matches!(r.get(below(r, port)), Some(x) if x.start <= port)
     }
 
     /// Rules this set was compiled from.
@@ -498,7 +575,7 @@ impl RuleSet {
 
     /// Distinct peer classes.
     pub fn classes(&self) -> usize {
-        self.port_sets.len()
+        self.info.len()
     }
 
     /// Node visits of one peer lookup.
@@ -510,19 +587,21 @@ impl RuleSet {
     pub fn memory(&self) -> usize {
         self.tree.memory()
             + std::mem::size_of_val(&*self.classes)
-            + self.port_sets.iter().map(PortSet::memory).sum::<usize>()
+            + std::mem::size_of_val(&*self.info)
+            + std::mem::size_of_val(&*self.ranges)
             + std::mem::size_of::<RuleSet>()
     }
 
     /// Every interval `(first address, ports)`, for operators and tests.
-    pub fn dump(&self) -> Vec<(Ipv4Addr, &PortSet)> {
+    pub fn dump(&self) -> Vec<(Ipv4Addr, PortSet)> {
         let mut out = Vec::with_capacity(self.tree.len());
         let mut keys: Vec<u32> = Vec::with_capacity(self.tree.len());
         if let Some(last) = self.tree.levels.last() {
             keys.extend(last.iter().flat_map(|n| n.0).take(self.tree.len()));
         }
         for (k, c) in keys.iter().zip(self.classes.iter()) {
-            out.push((Ipv4Addr::from(*k), &self.port_sets[*c as usize]));
+            let info = self.info.get(*c as usize).copied().unwrap_or_default();
+            out.push((Ipv4Addr::from(*k), self.class_ports(info)));
         }
         out
     }
@@ -577,12 +656,24 @@ mod tests {
             Protocol::Tcp,
             [
                 PortRange { start: 80, end: 90 },
-                PortRange { start: 85, end: 100 },
-                PortRange { start: 101, end: 101 },
+                PortRange {
+                    start: 85,
+                    end: 100,
+                },
+                PortRange {
+                    start: 101,
+                    end: 101,
+                },
                 PortRange { start: 5, end: 1 },
             ],
         );
-        assert_eq!(a.ranges(Protocol::Tcp), &[PortRange { start: 80, end: 101 }]);
+        assert_eq!(
+            a.ranges(Protocol::Tcp),
+            &[PortRange {
+                start: 80,
+                end: 101
+            }]
+        );
         assert!(a.allows(PROTO_TCP, 80) && a.allows(PROTO_TCP, 101));
         assert!(!a.allows(PROTO_TCP, 79) && !a.allows(PROTO_TCP, 102));
         assert!(!a.allows(PROTO_UDP, 80) && !a.allows(1, 0));
@@ -623,7 +714,10 @@ mod tests {
         assert!(rs.allows(ip("198.19.255.255"), PROTO_TCP, 80));
         assert!(!rs.allows(ip("198.20.0.0"), PROTO_TCP, 80));
         assert!(!rs.allows(0, PROTO_TCP, 80) && !rs.allows(u32::MAX, PROTO_TCP, 80));
-        assert_eq!(rs.dump()[0].0, Ipv4Addr::UNSPECIFIED);
+        assert_eq!(rs.dump()[0], (Ipv4Addr::UNSPECIFIED, PortSet::none()));
+        assert_eq!(rs.ports_of(ip("198.19.1.7")).to_string(), "81/TCP");
+        assert_eq!(rs.ports_of(ip("198.19.2.7")), PortSet::all());
+        assert_eq!(rs.ports_of(ip("198.19.0.7")).to_string(), "80/TCP");
     }
 
     #[test]
@@ -674,9 +768,8 @@ mod tests {
 
     fn arb_prefix() -> impl Strategy<Value = Prefix> {
         // Addresses in a small space so that prefixes overlap often.
-        (0u32..64, 24u8..=32).prop_map(|(a, l)| {
-            Prefix::new(Ipv4Addr::from(0xc613_0000 | (a << 2)), l).unwrap()
-        })
+        (0u32..64, 24u8..=32)
+            .prop_map(|(a, l)| Prefix::new(Ipv4Addr::from(0xc613_0000 | (a << 2)), l).unwrap())
     }
 
     fn arb_ports() -> impl Strategy<Value = PortSet> {

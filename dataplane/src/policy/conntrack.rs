@@ -191,6 +191,21 @@ pub enum Update {
     Reopen,
 }
 
+/// What [`Table::hit`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hit {
+    /// A tracked connection, advanced: let the packet through.
+    Tracked(Dir),
+    /// No live entry: a new flow.
+    Miss,
+    /// The entry was checked against another policy snapshot: check its
+    /// [`Tag`] again, then [`Table::set_tag`] and [`Table::update`], or
+    /// [`Table::remove`].
+    Check(Handle, Dir),
+    /// A SYN on a closed connection: remove the entry, then a new flow.
+    Reopen(Handle),
+}
+
 /// The normalised key: `(lo, lo_port)` is the smaller end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 struct Key {
@@ -205,7 +220,8 @@ impl Key {
     /// The key and whether the packet's source is the lower end.
     #[inline(always)]
     fn of(k: &FlowKey) -> (Key, bool) {
-        let src_lo = (k.src, k.sport) <= (k.dst, k.dport);
+        let src_lo = (u64::from(k.src) << 16 | u64::from(k.sport))
+            <= (u64::from(k.dst) << 16 | u64::from(k.dport));
         let key = if src_lo {
             Key {
                 lo: k.src,
@@ -226,9 +242,26 @@ impl Key {
         (key, src_lo)
     }
 
+    /// A seeded folded multiply (foldhash's core): one 64x64->128 multiply,
+    /// good bits at both ends for hashbrown's bucket index and tag. The
+    /// per-table random seed keeps remote senders from choosing collisions.
     #[inline(always)]
-    fn hash(&self) -> u64 {
-        let a = ((u64::from(self.lo) << 32) | u64::from(self.hi)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    fn hash(&self, seed: u64) -> u64 {
+        let a = ((u64::from(self.lo) << 32) | u64::from(self.hi)) ^ seed;
+        // `b` never becomes zero: the constant's high bits are above the 40 data bits.
+        let b = ((u64::from(self.lo_port) << 24)
+            | (u64::from(self.hi_port) << 8)
+            | u64::from(self.proto))
+            ^ 0x9E37_79B9_7F4A_7C15;
+        let p = u128::from(a) * u128::from(b);
+        (p as u64) ^ ((p >> 64) as u64)
+    }
+
+    /// The unseeded hash, the same on every worker (steering).
+    #[inline(always)]
+    fn steering_hash(&self) -> u64 {
+        let a =
+            ((u64::from(self.lo) << 32) | u64::from(self.hi)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let b = ((u64::from(self.lo_port) << 32)
             | (u64::from(self.hi_port) << 16)
             | u64::from(self.proto))
@@ -251,10 +284,14 @@ pub fn ends(k: &FlowKey) -> (u32, u32) {
 /// workers by it, so each connection lives in one worker's table.
 #[inline]
 pub fn symmetric_hash(k: &FlowKey) -> u64 {
-    Key::of(k).0.hash()
+    Key::of(k).0.steering_hash()
 }
 
+/// The hot part of an entry: 32 bytes, aligned, so one entry is one half
+/// cache line (the address generations, needed only on a snapshot change,
+/// live in a parallel array).
 #[derive(Debug, Clone, Copy)]
+#[repr(align(32))]
 struct Entry {
     key: Key,
     live: bool,
@@ -263,9 +300,12 @@ struct Entry {
     state: State,
     /// FIN seen from the opener (bit 0) and from the answer (bit 1).
     fins: u8,
-    tag: Tag,
+    /// [`Tag::snapshot`].
+    snapshot: u32,
     expires: u64,
 }
+
+const _: () = assert!(std::mem::size_of::<Entry>() == 32);
 
 const FREE: Entry = Entry {
     key: Key {
@@ -279,11 +319,7 @@ const FREE: Entry = Entry {
     orig_lo: true,
     state: State::Other,
     fins: 0,
-    tag: Tag {
-        snapshot: 0,
-        gen_lo: 0,
-        gen_hi: 0,
-    },
+    snapshot: 0,
     expires: 0,
 };
 
@@ -308,7 +344,10 @@ const SWEEP_WHEN_FULL: usize = 64;
 pub struct Table {
     index: HashTable<u32>,
     entries: Vec<Entry>,
+    /// [`Tag::gen_lo`] and [`Tag::gen_hi`] per slot.
+    gens: Vec<(u32, u32)>,
     free: Vec<u32>,
+    seed: u64,
     hand: usize,
     capacity: usize,
     timeouts: [u64; 10],
@@ -324,7 +363,12 @@ impl Table {
         Table {
             index: HashTable::with_capacity(capacity),
             entries: Vec::with_capacity(capacity),
+            gens: Vec::with_capacity(capacity),
             free: Vec::with_capacity(capacity),
+            seed: {
+                use std::hash::BuildHasher;
+                std::collections::hash_map::RandomState::new().hash_one(0x5eed_u64)
+            },
             hand: 0,
             capacity,
             timeouts: [
@@ -356,7 +400,7 @@ impl Table {
         let entries = &self.entries;
         let slot = *self
             .index
-            .find(key.hash(), |&i| entries[i as usize].key == key)?;
+            .find(key.hash(self.seed), |&i| entries[i as usize].key == key)?;
         let e = &self.entries[slot as usize];
         if e.expires <= now {
             self.remove_slot(slot);
@@ -376,29 +420,44 @@ impl Table {
     /// flags `flags` (0 for other protocols), and restarts its idle timer.
     #[inline]
     pub fn update(&mut self, h: Handle, dir: Dir, flags: u8, now: u64) -> Update {
-        let Some(e) = self.entries.get_mut(h.0 as usize) else {
-            return Update::Reopen;
-        };
-        if !e.live {
-            return Update::Reopen;
+        match self.entries.get_mut(h.0 as usize) {
+            Some(e) if e.live => step(e, &self.timeouts, dir, flags, now),
+            _ => Update::Reopen,
         }
-        let state = match e.state {
-            State::UdpUnreplied | State::UdpReplied => {
-                if dir == Dir::Reply {
-                    State::UdpReplied
-                } else {
-                    e.state
-                }
-            }
-            State::Icmp | State::Other => e.state,
-            s => match tcp_step(s, &mut e.fins, dir, flags) {
-                Some(s) => s,
-                None => return Update::Reopen,
-            },
+    }
+
+    /// The fast path, [`Table::lookup`] and [`Table::update`] in one: finds
+    /// the packet's connection and, when its entry was last checked against
+    /// `snapshot`, advances it. Otherwise says what the caller must do.
+    #[inline]
+    pub fn hit(&mut self, k: &FlowKey, flags: u8, now: u64, snapshot: u32) -> Hit {
+        let (key, src_lo) = Key::of(k);
+        let entries = &self.entries;
+        let Some(&slot) = self
+            .index
+            .find(key.hash(self.seed), |&i| entries[i as usize].key == key)
+        else {
+            return Hit::Miss;
         };
-        e.state = state;
-        e.expires = now.saturating_add(self.timeouts[state as usize]);
-        Update::Tracked
+        let e = &mut self.entries[slot as usize];
+        if e.expires <= now {
+            self.remove_slot(slot);
+            self.counters.evictions += 1;
+            self.counters.removed -= 1;
+            return Hit::Miss;
+        }
+        let dir = if e.orig_lo == src_lo {
+            Dir::Orig
+        } else {
+            Dir::Reply
+        };
+        if e.snapshot != snapshot {
+            return Hit::Check(Handle(slot), dir);
+        }
+        match step(e, &self.timeouts, dir, flags, now) {
+            Update::Tracked => Hit::Tracked(dir),
+            Update::Reopen => Hit::Reopen(Handle(slot)),
+        }
     }
 
     /// Tracks a new connection whose first packet is `k` with TCP flags
@@ -415,7 +474,7 @@ impl Table {
             return Ok(None);
         };
         let (key, src_lo) = Key::of(k);
-        let hash = key.hash();
+        let hash = key.hash(self.seed);
         // A duplicate (the caller inserted after a miss, so only after a
         // bug) replaces the old entry rather than shadowing it.
         {
@@ -440,22 +499,25 @@ impl Table {
             orig_lo: src_lo,
             state,
             fins,
-            tag,
+            snapshot: tag.snapshot,
             expires: now.saturating_add(self.timeout(state)),
         };
+        let gens = (tag.gen_lo, tag.gen_hi);
         let slot = match self.free.pop() {
             Some(s) => {
                 self.entries[s as usize] = e;
+                self.gens[s as usize] = gens;
                 s
             }
             None => {
                 self.entries.push(e);
+                self.gens.push(gens);
                 self.entries.len() as u32 - 1
             }
         };
-        let entries = &self.entries;
+        let (entries, seed) = (&self.entries, self.seed);
         self.index
-            .insert_unique(hash, slot, |&i| entries[i as usize].key.hash());
+            .insert_unique(hash, slot, |&i| entries[i as usize].key.hash(seed));
         self.counters.inserts += 1;
         self.counters.entries += 1;
         Ok(Some(Handle(slot)))
@@ -464,16 +526,22 @@ impl Table {
     /// The owner's tag of an entry.
     #[inline]
     pub fn tag(&self, h: Handle) -> Option<Tag> {
-        self.entries
-            .get(h.0 as usize)
-            .filter(|e| e.live)
-            .map(|e| e.tag)
+        let e = self.entries.get(h.0 as usize).filter(|e| e.live)?;
+        let (gen_lo, gen_hi) = self.gens.get(h.0 as usize).copied().unwrap_or_default();
+        Some(Tag {
+            snapshot: e.snapshot,
+            gen_lo,
+            gen_hi,
+        })
     }
 
     #[inline]
     pub fn set_tag(&mut self, h: Handle, tag: Tag) {
         if let Some(e) = self.entries.get_mut(h.0 as usize).filter(|e| e.live) {
-            e.tag = tag;
+            e.snapshot = tag.snapshot;
+            if let Some(g) = self.gens.get_mut(h.0 as usize) {
+                *g = (tag.gen_lo, tag.gen_hi);
+            }
         }
     }
 
@@ -504,7 +572,7 @@ impl Table {
                 lo_first.reversed()
             },
             state: e.state,
-            tag: e.tag,
+            tag: self.tag(h).unwrap_or_default(),
             expires: e.expires,
         })
     }
@@ -515,7 +583,7 @@ impl Table {
         let entries = &self.entries;
         let slot = *self
             .index
-            .find(key.hash(), |&i| entries[i as usize].key == key)?;
+            .find(key.hash(self.seed), |&i| entries[i as usize].key == key)?;
         self.info(Handle(slot))
     }
 
@@ -527,7 +595,7 @@ impl Table {
     }
 
     fn remove_slot(&mut self, slot: u32) {
-        let hash = self.entries[slot as usize].key.hash();
+        let hash = self.entries[slot as usize].key.hash(self.seed);
         if let Ok(o) = self.index.find_entry(hash, |&i| i == slot) {
             o.remove();
         }
@@ -599,6 +667,7 @@ impl Table {
     pub fn memory(&self) -> usize {
         self.index.allocation_size()
             + self.entries.capacity() * std::mem::size_of::<Entry>()
+            + self.gens.capacity() * 8
             + self.free.capacity() * 4
     }
 
@@ -606,6 +675,28 @@ impl Table {
     pub fn iter(&self) -> impl Iterator<Item = EntryInfo> + '_ {
         (0..self.entries.len()).filter_map(|i| self.info(Handle(i as u32)))
     }
+}
+
+/// Advances an entry with a packet.
+#[inline(always)]
+fn step(e: &mut Entry, timeouts: &[u64; 10], dir: Dir, flags: u8, now: u64) -> Update {
+    let state = match e.state {
+        State::UdpUnreplied | State::UdpReplied => {
+            if dir == Dir::Reply {
+                State::UdpReplied
+            } else {
+                e.state
+            }
+        }
+        State::Icmp | State::Other => e.state,
+        s => match tcp_step(s, &mut e.fins, dir, flags) {
+            Some(s) => s,
+            None => return Update::Reopen,
+        },
+    };
+    e.state = state;
+    e.expires = now.saturating_add(timeouts[state as usize]);
+    Update::Tracked
 }
 
 /// The state a connection starts in, or `None` when the packet opens none.
@@ -679,7 +770,10 @@ mod tests {
         t.insert(&c, SYN, 0, Tag::default()).unwrap().unwrap();
         assert_eq!(t.get(&s).unwrap().state, State::TcpSynSent);
         assert_eq!(t.get(&s).unwrap().orig, c);
-        assert_eq!(step(&mut t, &s, SYN | ACK, 1), (Dir::Reply, State::TcpSynRecv));
+        assert_eq!(
+            step(&mut t, &s, SYN | ACK, 1),
+            (Dir::Reply, State::TcpSynRecv)
+        );
         assert_eq!(step(&mut t, &c, ACK, 2), (Dir::Orig, State::TcpEstablished));
         assert_eq!(step(&mut t, &s, ACK, 3).1, State::TcpEstablished);
         let est = t.get(&c).unwrap().expires;
@@ -717,7 +811,10 @@ mod tests {
         let u = FlowKey { proto: 17, ..k };
         t.insert(&u, 0, 0, Tag::default()).unwrap().unwrap();
         assert_eq!(t.get(&u).unwrap().expires, 30 * SEC);
-        assert_eq!(step(&mut t, &u.reversed(), 0, SEC), (Dir::Reply, State::UdpReplied));
+        assert_eq!(
+            step(&mut t, &u.reversed(), 0, SEC),
+            (Dir::Reply, State::UdpReplied)
+        );
         assert_eq!(t.get(&u).unwrap().expires, 121 * SEC);
         let i = FlowKey {
             proto: 1,
@@ -747,7 +844,10 @@ mod tests {
             proto: 17,
             ..tcp([1, 1, 1, 1], 9, [2, 2, 2, 2], 53)
         };
-        assert_eq!(t.insert(&k, 0, SEC, Tag::default()), Err(Full { capacity: 4 }));
+        assert_eq!(
+            t.insert(&k, 0, SEC, Tag::default()),
+            Err(Full { capacity: 4 })
+        );
         assert_eq!(t.counters().full, 1);
         // After 30 s the unanswered UDP entries are idle: the insert sweeps
         // a few of them (amortised), an explicit sweep the rest.

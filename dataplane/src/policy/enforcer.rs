@@ -24,11 +24,21 @@
 //!
 //! Traffic from the node itself (the host port) to a local pod is always
 //! allowed, as Kubernetes requires (kubelet probes), and tracked, so the pod's
-//! answers pass its egress policy.
+//! answers pass its egress policy. ICMP errors (unreachable, time exceeded,
+//! parameter problem) that quote a tracked connection pass too (Linux's
+//! RELATED), so path MTU discovery works for isolated pods.
+//!
+//! # Limits
+//! * Fragments after the first carry no ports: they are classified on their
+//!   own with port 0, so rules that name ports drop them (the fast path does
+//!   not reassemble).
+//! * A connection must be seen by one worker in both directions: the
+//!   runtime steers by [`conntrack::symmetric_hash`] or gives a pod's port
+//!   and the uplink's flows of that pod to the same worker.
 
 use std::sync::Arc;
 
-use super::conntrack::{self, Dir, Handle, Tag, Update};
+use super::conntrack::{self, Dir, Handle, Hit, Tag, Update};
 use super::{EndpointPolicy, Policy, PolicyTables, Verdict};
 use crate::buf::{Meta, Packet, PortId};
 use crate::drop::DropReason;
@@ -156,14 +166,20 @@ impl NetPolicy {
         let p = &*self.policy;
         if let Some(ep) = self.local(k.src) {
             if let Some(rs) = ep.egress {
-                if !p.rule_set(rs).is_some_and(|r| r.allows(k.dst, k.proto, k.dport)) {
+                if !p
+                    .rule_set(rs)
+                    .is_some_and(|r| r.allows(k.dst, k.proto, k.dport))
+                {
                     return Err(DropReason::PolicyDeniedEgress);
                 }
             }
         }
         if let Some(ep) = self.local(k.dst) {
             if let Some(rs) = ep.ingress {
-                if !p.rule_set(rs).is_some_and(|r| r.allows(k.src, k.proto, k.dport)) {
+                if !p
+                    .rule_set(rs)
+                    .is_some_and(|r| r.allows(k.src, k.proto, k.dport))
+                {
                     return Err(DropReason::PolicyDeniedIngress);
                 }
             }
@@ -208,15 +224,29 @@ impl NetPolicy {
     fn track(&mut self, pkt: &Packet, now: u64, trusted: bool) -> Verdict {
         let key = pkt.meta.flow;
         let flags = tcp_flags(pkt);
-        if let Some((h, dir)) = self.ct.lookup(&key, now) {
-            let tag = self.ct.tag(h).unwrap_or_default();
-            if tag.snapshot == self.snapshot || self.revalidate(h, tag) {
-                match self.ct.update(h, dir, flags, now) {
-                    Update::Tracked => return Verdict::Allow,
-                    Update::Reopen => self.ct.remove(h),
+        match self.ct.hit(&key, flags, now, self.snapshot) {
+            Hit::Tracked(_) => return Verdict::Allow,
+            Hit::Miss if key.proto == 1 => {
+                // An ICMP error about a tracked connection (Linux's
+                // RELATED): path MTU discovery must keep working.
+                if let Some(inner) = icmp_error_quote(pkt) {
+                    if self.ct.lookup(&inner, now).is_some() {
+                        return Verdict::Allow;
+                    }
                 }
-            } else {
-                self.ct.remove(h);
+            }
+            Hit::Miss => {}
+            Hit::Reopen(h) => self.ct.remove(h),
+            Hit::Check(h, dir) => {
+                let tag = self.ct.tag(h).unwrap_or_default();
+                if self.revalidate(h, tag) {
+                    match self.ct.update(h, dir, flags, now) {
+                        Update::Tracked => return Verdict::Allow,
+                        Update::Reopen => self.ct.remove(h),
+                    }
+                } else {
+                    self.ct.remove(h);
+                }
             }
         }
         self.new_flow(&key, flags, now, trusted)
@@ -275,6 +305,51 @@ impl Policy for NetPolicy {
     }
 }
 
+/// The 5-tuple quoted by an ICMP destination-unreachable, time-exceeded or
+/// parameter-problem message (the packet that caused it, as it was sent).
+fn icmp_error_quote(pkt: &Packet) -> Option<FlowKey> {
+    let d = pkt.data();
+    let l3 = usize::from(pkt.meta.l3);
+    let ihl = usize::from(d.get(l3)? & 0x0f) * 4;
+    let icmp = l3 + ihl;
+    if !matches!(d.get(icmp)?, 3 | 11 | 12) {
+        return None;
+    }
+    let inner = icmp + 8;
+    let inner_ihl = usize::from(d.get(inner)? & 0x0f) * 4;
+    if inner_ihl < 20 {
+        return None;
+    }
+    let quoted = d.get(inner..)?;
+    let ports = quoted.get(inner_ihl..inner_ihl + 4);
+    let word = |i: usize| {
+        quoted
+            .get(i..i + 4)
+            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let mut k = FlowKey {
+        src: word(12)?,
+        dst: word(16)?,
+        sport: 0,
+        dport: 0,
+        proto: *quoted.get(9)?,
+    };
+    match (k.proto, ports) {
+        (6 | 17 | 132, Some(p)) => {
+            k.sport = u16::from_be_bytes([p[0], p[1]]);
+            k.dport = u16::from_be_bytes([p[2], p[3]]);
+        }
+        (1, Some(p)) if p[0] == 8 => {
+            // Quoted echo request: the identifier sits after type, code, checksum.
+            let id = quoted.get(inner_ihl + 4..inner_ihl + 6)?;
+            k.sport = u16::from_be_bytes([id[0], id[1]]);
+            k.dport = k.sport;
+        }
+        _ => {}
+    }
+    Some(k)
+}
+
 /// The TCP flags of a packet (0 when not TCP or not there: a later fragment
 /// or a truncated header).
 #[inline]
@@ -328,11 +403,11 @@ mod tests {
         PortSet::of(Protocol::Udp, [PortRange::one(port)])
     }
 
-    /// A snapshot: `(ip, ingress, egress)` per endpoint, address generations.
-    fn snapshot(
-        eps: &[(Ipv4Addr, Option<Arc<RuleSet>>, Option<Arc<RuleSet>>)],
-        gens: &[(Ipv4Addr, u32)],
-    ) -> PolicyTables {
+    /// An endpoint's `(ip, ingress, egress)`.
+    type Ep = (Ipv4Addr, Option<Arc<RuleSet>>, Option<Arc<RuleSet>>);
+
+    /// A snapshot: endpoints and address generations.
+    fn snapshot(eps: &[Ep], gens: &[(Ipv4Addr, u32)]) -> PolicyTables {
         let mut b = PolicyTablesBuilder::new();
         for (ip, i, e) in eps {
             let mut id = |r: &Option<Arc<RuleSet>>| -> Option<RuleSetId> {
@@ -385,7 +460,8 @@ mod tests {
             let mut p = self.pool.alloc().unwrap();
             assert!(p.load(frame));
             b.push(p);
-            self.pl.process(port, &mut b, now, &mut self.pool, &mut self.tx);
+            self.pl
+                .process(port, &mut b, now, &mut self.pool, &mut self.tx);
             let sent = self.tx.len() == 1;
             self.tx.clear(&mut self.pool);
             sent
@@ -510,18 +586,50 @@ mod tests {
         assert!(!h.send(PortId::UPLINK, &b1_to_a1(53, 40000, None), 269 * SEC));
         // TCP: an unanswered SYN lives 120 s.
         assert!(h.send(POD_A1_PORT, &from_a1(POD_B1, 40001, 80, Some(SYN)), 0));
-        assert!(!h.send(PortId::UPLINK, &b1_to_a1(80, 40001, Some(SYN | ACK)), 121 * SEC));
+        assert!(!h.send(
+            PortId::UPLINK,
+            &b1_to_a1(80, 40001, Some(SYN | ACK)),
+            121 * SEC
+        ));
         // Established and closed with FINs: time-wait lasts 120 s.
         let t0 = 1000 * SEC;
         assert!(h.send(POD_A1_PORT, &from_a1(POD_B1, 40002, 80, Some(SYN)), t0));
-        assert!(h.send(PortId::UPLINK, &b1_to_a1(80, 40002, Some(SYN | ACK)), t0 + 1));
+        assert!(h.send(
+            PortId::UPLINK,
+            &b1_to_a1(80, 40002, Some(SYN | ACK)),
+            t0 + 1
+        ));
         assert!(h.send(POD_A1_PORT, &from_a1(POD_B1, 40002, 80, Some(ACK)), t0 + 2));
-        assert!(h.send(PortId::UPLINK, &b1_to_a1(80, 40002, Some(ACK)), t0 + 7000 * SEC));
-        assert!(h.send(POD_A1_PORT, &from_a1(POD_B1, 40002, 80, Some(FIN | ACK)), t0 + 7001 * SEC));
-        assert!(h.send(PortId::UPLINK, &b1_to_a1(80, 40002, Some(FIN | ACK)), t0 + 7002 * SEC));
-        assert!(h.send(POD_A1_PORT, &from_a1(POD_B1, 40002, 80, Some(ACK)), t0 + 7003 * SEC));
-        assert!(h.send(PortId::UPLINK, &b1_to_a1(80, 40002, Some(ACK)), t0 + 7122 * SEC));
-        assert!(!h.send(PortId::UPLINK, &b1_to_a1(80, 40002, Some(ACK)), t0 + 7243 * SEC));
+        assert!(h.send(
+            PortId::UPLINK,
+            &b1_to_a1(80, 40002, Some(ACK)),
+            t0 + 7000 * SEC
+        ));
+        assert!(h.send(
+            POD_A1_PORT,
+            &from_a1(POD_B1, 40002, 80, Some(FIN | ACK)),
+            t0 + 7001 * SEC
+        ));
+        assert!(h.send(
+            PortId::UPLINK,
+            &b1_to_a1(80, 40002, Some(FIN | ACK)),
+            t0 + 7002 * SEC
+        ));
+        assert!(h.send(
+            POD_A1_PORT,
+            &from_a1(POD_B1, 40002, 80, Some(ACK)),
+            t0 + 7003 * SEC
+        ));
+        assert!(h.send(
+            PortId::UPLINK,
+            &b1_to_a1(80, 40002, Some(ACK)),
+            t0 + 7122 * SEC
+        ));
+        assert!(!h.send(
+            PortId::UPLINK,
+            &b1_to_a1(80, 40002, Some(ACK)),
+            t0 + 7243 * SEC
+        ));
         assert_eq!(h.drops(DropReason::PolicyDeniedIngress), 3);
     }
 
@@ -551,7 +659,10 @@ mod tests {
         // Old pod at A1 (generation 1) talks to B1; A1 accepts no new flows.
         let deny = || Some(rules(&[]));
         let gens = |g| [(POD_A1, g), (POD_B1, 7)];
-        let mut h = H::new(snapshot(&[(POD_A1, deny(), None)], &gens(1)), Config::default());
+        let mut h = H::new(
+            snapshot(&[(POD_A1, deny(), None)], &gens(1)),
+            Config::default(),
+        );
         assert!(h.send(POD_A1_PORT, &from_a1(POD_B1, 40000, 53, None), 0));
         assert!(h.send(PortId::UPLINK, &b1_to_a1(53, 40000, None), 1));
         // An unrelated snapshot change keeps the connection.
@@ -600,10 +711,45 @@ mod tests {
             SYN,
         );
         assert!(h.send(PortId::HOST, &probe, 0));
-        assert!(h.send(POD_A1_PORT, &from_a1(NODE_A, 8080, 50000, Some(SYN | ACK)), 1));
+        assert!(h.send(
+            POD_A1_PORT,
+            &from_a1(NODE_A, 8080, 50000, Some(SYN | ACK)),
+            1
+        ));
         // But the pod itself may not open anything.
         assert!(!h.send(POD_A1_PORT, &from_a1(NODE_A, 8081, 50000, Some(SYN)), 2));
         assert_eq!(h.drops(DropReason::PolicyDeniedEgress), 1);
+    }
+
+    #[test]
+    fn icmp_errors_about_tracked_connections_pass() {
+        let p = snapshot(&[(POD_A1, Some(rules(&[])), None)], &[]);
+        let mut h = H::new(p, Config::default());
+        let sent = from_a1(POD_B1, 40000, 53, None);
+        assert!(h.send(POD_A1_PORT, &sent, 0));
+        // A router on the way (here: node B) answers "fragmentation needed"
+        // quoting A1's datagram: it reaches A1.
+        let error = |quote: &[u8]| {
+            let mut f = udp_frame(
+                NODE_B_VTEP,
+                default_vtep_mac(NODE_A),
+                NODE_B,
+                POD_A1,
+                0,
+                0,
+                14 + 20 + 8 + 28,
+            );
+            f[23] = 1;
+            f[34..42].copy_from_slice(&[3, 4, 0, 0, 0, 0, 5, 0x78]);
+            f[42..70].copy_from_slice(&quote[14..42]);
+            ipv4::Packet::new_unchecked(&mut f[14..]).fill_checksum();
+            vxlan_from_b(&f, 4096, NODE_B)
+        };
+        assert!(h.send(PortId::UPLINK, &error(&sent), 1));
+        // One about a connection A1 never made does not.
+        let other = from_a1(POD_B1, 40001, 53, None);
+        assert!(!h.send(PortId::UPLINK, &error(&other), 2));
+        assert_eq!(h.drops(DropReason::PolicyDeniedIngress), 1);
     }
 
     #[test]

@@ -42,6 +42,9 @@ pub enum Verdict {
 /// NetworkPolicy enforcement, per worker (it may keep per-worker state such as
 /// a connection table). `now` is monotonic nanoseconds from the caller.
 pub trait Policy {
+    /// False for a policy that allows everything: the pipeline then skips the
+    /// policy stages altogether (no pass over the batch at all).
+    const ENFORCES: bool = true;
     /// A packet leaving the local endpoint `pkt.meta.src_ep`; `pkt.meta.flow` is set.
     fn egress(&mut self, tables: &Tables, pkt: &Packet, now: u64) -> Verdict;
     /// A packet about to reach the local endpoint `pkt.meta.dst_ep`.
@@ -53,6 +56,8 @@ pub trait Policy {
 pub struct AllowAll;
 
 impl Policy for AllowAll {
+    const ENFORCES: bool = false;
+
     #[inline(always)]
     fn egress(&mut self, _: &Tables, _: &Packet, _: u64) -> Verdict {
         Verdict::Allow
@@ -186,7 +191,9 @@ impl PolicyTables {
 
     /// Endpoints with a policy.
     pub fn endpoints(&self) -> impl Iterator<Item = (Ipv4Addr, EndpointPolicy)> + '_ {
-        self.endpoints.iter().map(|(ip, p)| (Ipv4Addr::from(*ip), *p))
+        self.endpoints
+            .iter()
+            .map(|(ip, p)| (Ipv4Addr::from(*ip), *p))
     }
 
     /// Distinct rule sets (shared between endpoints).
@@ -261,10 +268,7 @@ impl PolicyTablesBuilder {
 
     /// The policy of local endpoints the compiler does not know yet
     /// (open by default; a daemon may prefer isolating them until known).
-    pub fn unknown(
-        &mut self,
-        policy: EndpointPolicy,
-    ) -> Result<&mut Self, PolicyTablesError> {
+    pub fn unknown(&mut self, policy: EndpointPolicy) -> Result<&mut Self, PolicyTablesError> {
         for id in [policy.ingress, policy.egress].into_iter().flatten() {
             if id as usize >= self.t.rule_sets.len() {
                 return Err(PolicyTablesError::NoSuchRuleSet {
