@@ -120,6 +120,27 @@ fn policies_across_two_nodes() {
         "x/a -> y/b:serve allowed (union of policies)"
     );
     assert!(!tcp_ok(&xa, &yc), "x/a -> y/c still denied");
+    // sluicectl policy explain names the verdict and the deciding policy.
+    let explain = |to: &str| {
+        let (ok, out, err) = b.ctl(&[
+            "--json", "policy", "explain", "--from", "x/a", "--to", to, "--port", "5201/TCP",
+        ]);
+        assert!(ok, "{err}");
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()
+    };
+    let e = explain("y/b");
+    assert_eq!(e["allowed"], true, "{e}");
+    assert!(
+        e.to_string().contains("allow-x"),
+        "deciding policy named: {e}"
+    );
+    let e = explain("y/c");
+    assert_eq!(e["allowed"], false, "{e}");
+    assert!(e.to_string().contains("deny"), "{e}");
+    let (ok, out, _) = b.ctl(&[
+        "policy", "explain", "--from", "x/a", "--to", "y/c", "--port", "5201/TCP",
+    ]);
+    assert!(ok && !out.is_empty());
 
     // 3. Default-deny egress in x: x/a reaches nobody; the source node drops.
     let deny_x = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-egress, namespace: x}\nspec: {podSelector: {}, policyTypes: [Egress]}\n";

@@ -92,6 +92,17 @@ pub enum Request {
         /// YAML or JSON text holding one document or several (`---` separated).
         documents: String,
     },
+    /// Which NetworkPolicies select each side of a connection, the verdict and
+    /// the rule that decided it. Answer: [`Answer::Json`].
+    PolicyExplain {
+        /// `NAMESPACE/POD` or an IPv4 address.
+        from: String,
+        /// `NAMESPACE/POD` or an IPv4 address.
+        to: String,
+        port: u16,
+        /// `TCP`, `UDP` or `SCTP`.
+        protocol: String,
+    },
 }
 
 impl Request {
@@ -110,6 +121,7 @@ impl Request {
             Request::Stats => "stats",
             Request::Apply { .. } => "apply",
             Request::Delete { .. } => "delete",
+            Request::PolicyExplain { .. } => "policy_explain",
         }
     }
 }

@@ -47,6 +47,27 @@ enum Cmd {
         #[arg(short = 'f', long = "filename")]
         file: String,
     },
+    /// NetworkPolicy questions.
+    Policy {
+        #[command(subcommand)]
+        cmd: PolicyCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum PolicyCmd {
+    /// Which policies select each side, the verdict and the deciding rule.
+    Explain {
+        /// Source: NAMESPACE/POD or an IPv4 address.
+        #[arg(long)]
+        from: String,
+        /// Destination: NAMESPACE/POD or an IPv4 address.
+        #[arg(long)]
+        to: String,
+        /// PORT/PROTOCOL, e.g. 80/TCP (protocol defaults to TCP).
+        #[arg(long)]
+        port: String,
+    },
 }
 
 fn read_input(f: &str) -> Result<String, String> {
@@ -69,6 +90,21 @@ fn main() -> ExitCode {
         Cmd::Routes => Request::Routes,
         Cmd::Nodes => Request::Nodes,
         Cmd::Stats => Request::Stats,
+        Cmd::Policy {
+            cmd: PolicyCmd::Explain { from, to, port },
+        } => {
+            let (p, proto) = port.split_once('/').unwrap_or((port.as_str(), "TCP"));
+            let Ok(p) = p.parse::<u16>() else {
+                eprintln!("sluicectl: --port {port:?}: expected PORT/PROTOCOL, e.g. 80/TCP");
+                return ExitCode::from(2);
+            };
+            Request::PolicyExplain {
+                from: from.clone(),
+                to: to.clone(),
+                port: p,
+                protocol: proto.to_owned(),
+            }
+        }
         Cmd::Apply { file } | Cmd::Delete { file } => {
             let documents = match read_input(file) {
                 Ok(d) => d,
@@ -208,6 +244,10 @@ fn print_answer(cli: &Cli, answer: Answer) {
                 ],
             );
         }
+        Cmd::Policy { .. } => match v["text"].as_str() {
+            Some(t) => print!("{t}"),
+            None => println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default()),
+        },
         _ => println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default()),
     }
 }

@@ -389,6 +389,12 @@ impl Agent {
             Request::Stats => Ok(Answer::Json(self.stats_view())),
             Request::Apply { documents } => self.apply(&documents, true),
             Request::Delete { documents } => self.apply(&documents, false),
+            Request::PolicyExplain {
+                from,
+                to,
+                port,
+                protocol,
+            } => self.explain(&from, &to, port, &protocol),
         }
     }
 
@@ -658,6 +664,28 @@ impl Agent {
         self.publish(&mut st);
         self.save(&mut st)?;
         Ok(Answer::Json(json!(report)))
+    }
+
+    fn explain(&self, from: &str, to: &str, port: u16, protocol: &str) -> ApiResult {
+        let bad = |what: &str, v: &str, e: String| {
+            ApiError::new(code::INVALID_REQUEST, format!("{what} {v:?}: {e}"))
+        };
+        let from_t: policy::Target = from
+            .parse()
+            .map_err(|e: policy::PolicyError| bad("from", from, e.to_string()))?;
+        let to_t: policy::Target = to
+            .parse()
+            .map_err(|e: policy::PolicyError| bad("to", to, e.to_string()))?;
+        let proto: sluice_dataplane::policy::Protocol = protocol
+            .to_ascii_uppercase()
+            .parse()
+            .map_err(|_| bad("protocol", protocol, "expected TCP, UDP or SCTP".into()))?;
+        let st = self.lock();
+        let e = st.policy.explain(&from_t, &to_t, port, proto);
+        let text = e.to_string();
+        let mut v = serde_json::to_value(&e).unwrap_or_default();
+        v["text"] = json!(text);
+        Ok(Answer::Json(v))
     }
 
     /// Peers from applied Node objects (other than this node), on top of the
