@@ -2,14 +2,14 @@
 
 pub mod api;
 #[cfg(feature = "daemon")]
-pub mod ipam;
-#[cfg(feature = "daemon")]
-pub mod store;
+pub mod config;
 #[cfg(feature = "daemon")]
 pub mod daemon;
 #[cfg(feature = "daemon")]
-pub mod policy;
-#[cfg(feature = "daemon")]
-pub mod config;
+pub mod ipam;
 #[cfg(feature = "daemon")]
 pub mod k8s;
+#[cfg(feature = "daemon")]
+pub mod policy;
+#[cfg(feature = "daemon")]
+pub mod store;
