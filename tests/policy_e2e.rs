@@ -42,6 +42,25 @@ fn tcp_ok(from: &Pod, to: &Pod) -> bool {
     v["end"]["sum_received"]["bytes"].as_f64().unwrap_or(0.0) > 0.0
 }
 
+/// Whether a UDP datagram from `from` to `to`:5300 gets its echo back.
+fn udp_ok(from: &Pod, to: &Pod) -> bool {
+    let server = format!(
+        "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind(('{}',5300))\ns.settimeout(4)\n\
+         d,a=s.recvfrom(100)\ns.sendto(d,a)\n",
+        to.ip
+    );
+    let mut srv = to.ns.spawn("python3", &["-c", &server]);
+    std::thread::sleep(Duration::from_millis(300));
+    let client = format!(
+        "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.settimeout(1.5)\n\
+         s.sendto(b'probe',('{}',5300))\nassert s.recv(100)==b'probe'\n",
+        to.ip
+    );
+    let ok = from.ns.exec("python3", &["-c", &client]).status.success();
+    drop(srv.wait_timeout(Duration::from_millis(100)));
+    ok
+}
+
 fn apply_both(a: &Node, b: &Node, yaml: &str) {
     for n in [a, b] {
         let (ok, out) = n.apply(yaml);
@@ -75,10 +94,12 @@ fn policies_across_two_nodes() {
                       apiVersion: v1\nkind: Namespace\nmetadata: {name: y, labels: {ns: y}}\n";
     apply_both(&a, &b, namespaces);
     let xa = a.add_pod_in("x", "a");
+    let xd = a.add_pod_in("x", "d");
     let yb = b.add_pod_in("y", "b");
     let yc = b.add_pod_in("y", "c");
     let pods = [
         pod_yaml("x", "a", "a", "node1", xa.ip),
+        pod_yaml("x", "d", "d", "node1", xd.ip),
         pod_yaml("y", "b", "b", "node2", yb.ip),
         pod_yaml("y", "c", "c", "node2", yc.ip),
     ]
@@ -113,13 +134,15 @@ fn policies_across_two_nodes() {
 
     // 2. Allow x/a -> y/pod=b on the named port: only that.
     let allow = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: allow-x, namespace: y}\n\
-                 spec:\n  podSelector: {matchLabels: {pod: b}}\n  ingress:\n  - from:\n    - namespaceSelector: {matchLabels: {ns: x}}\n    ports:\n    - {protocol: TCP, port: serve}\n";
+                 spec:\n  podSelector: {matchLabels: {pod: b}}\n  ingress:\n  - from:\n    - namespaceSelector: {matchLabels: {ns: x}}\n    ports:\n    - {protocol: TCP, port: serve}\n    - {protocol: UDP, port: 5300}\n";
     apply_both(&a, &b, allow);
     assert!(
         tcp_ok(&xa, &yb),
         "x/a -> y/b:serve allowed (union of policies)"
     );
     assert!(!tcp_ok(&xa, &yc), "x/a -> y/c still denied");
+    assert!(udp_ok(&xa, &yb), "UDP x/a -> y/b:5300 allowed");
+    assert!(!udp_ok(&xa, &yc), "UDP x/a -> y/c denied");
     // sluicectl policy explain names the verdict and the deciding policy.
     let explain = |to: &str| {
         let (ok, out, err) = b.ctl(&[
@@ -142,10 +165,27 @@ fn policies_across_two_nodes() {
     ]);
     assert!(ok && !out.is_empty());
 
-    // 3. Default-deny egress in x: x/a reaches nobody; the source node drops.
+    // 3. ipBlock with except: y/c accepts node 1's pod range except x/a.
+    let block = format!(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: block, namespace: y}}\n\
+         spec:\n  podSelector: {{matchLabels: {{pod: c}}}}\n  ingress:\n  - from:\n    - ipBlock: {{cidr: 198.19.1.0/24, except: [{}/32]}}\n",
+        xa.ip
+    );
+    apply_both(&a, &b, &block);
+    assert!(
+        tcp_ok(&xd, &yc) && udp_ok(&xd, &yc),
+        "x/d -> y/c inside the ipBlock"
+    );
+    assert!(
+        !tcp_ok(&xa, &yc) && !udp_ok(&xa, &yc),
+        "x/a -> y/c is the except"
+    );
+
+    // 4. Default-deny egress in x: x/a reaches nobody; the source node drops.
     let deny_x = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-egress, namespace: x}\nspec: {podSelector: {}, policyTypes: [Egress]}\n";
     apply_both(&a, &b, deny_x);
     assert!(!tcp_ok(&xa, &yb), "x/a egress denied");
+    assert!(!udp_ok(&xa, &yb), "x/a UDP egress denied");
     let drops = a.ctl_json("stats")["drops"]["policy_denied_egress"]
         .as_u64()
         .unwrap_or(0);
@@ -154,12 +194,28 @@ fn policies_across_two_nodes() {
         "denials counted as policy_denied_egress on the source node"
     );
 
-    // 4. Deleting the policies opens everything again (new connections).
-    delete_both(&a, &b, &format!("{deny_y}---\n{allow}---\n{deny_x}"));
-    assert!(
-        tcp_ok(&xa, &yc) && tcp_ok(&xa, &yb),
-        "open again after delete"
+    // 5. Deleting the policies opens everything again (new connections).
+    delete_both(
+        &a,
+        &b,
+        &format!("{deny_y}---\n{allow}---\n{deny_x}---\n{block}"),
     );
+    let (c_ok, b_ok) = (tcp_ok(&xa, &yc), tcp_ok(&xa, &yb));
+    if !(c_ok && b_ok) {
+        for (n, to) in [(&a, "y/c"), (&b, "y/c"), (&a, "y/b"), (&b, "y/b")] {
+            eprintln!(
+                "{} {to}: {}",
+                n.name,
+                n.ctl(&["policy", "explain", "--from", "x/a", "--to", to, "--port", "5201/TCP"])
+                    .1
+            );
+        }
+    }
+    assert!(
+        c_ok && b_ok,
+        "open again after delete: y/c {c_ok} y/b {b_ok}"
+    );
+    assert!(udp_ok(&xa, &yc), "UDP open again after delete");
 }
 
 /// A pod selected by a deny-all policy applied before its ADD cannot send or
