@@ -22,9 +22,6 @@ use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, MapData, MapError, XskMap};
 use aya::programs::{ProgramError, Xdp};
 use aya::{Ebpf, EbpfLoader};
-use netlink_packet_core::{
-    NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_REQUEST,
-};
 use netlink_packet_route::link::{LinkAttribute, LinkMessage, LinkXdp};
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
@@ -425,50 +422,14 @@ impl XdpNetlink {
         msg: RouteNetlinkMessage,
         mut on_reply: impl FnMut(RouteNetlinkMessage),
     ) -> io::Result<()> {
-        let bad = |detail: String| io::Error::new(io::ErrorKind::InvalidData, detail);
         self.seq = self.seq.wrapping_add(1);
-        let seq = self.seq;
-        let mut header = NetlinkHeader::default();
-        header.flags = NLM_F_REQUEST | NLM_F_ACK;
-        header.sequence_number = seq;
-        let mut req = NetlinkMessage::new(header, NetlinkPayload::from(msg));
-        req.finalize();
-        let mut out = vec![0u8; req.buffer_len()];
-        req.serialize(&mut out);
-        self.sock.send(&out, 0)?;
-
-        loop {
-            self.rx.clear();
-            self.sock.recv(&mut self.rx, 0)?;
-            let mut at = 0;
-            while at < self.rx.len() {
-                let chunk = &self.rx[at..];
-                let len = NetlinkBuffer::new_checked(chunk)
-                    .map_err(|e| bad(e.to_string()))?
-                    .length() as usize;
-                let this = chunk
-                    .get(..len)
-                    .ok_or_else(|| bad(format!("netlink message of {len} bytes truncated")))?;
-                // Messages are padded to 4 bytes.
-                at += (len + 3) & !3;
-                let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(this)
-                    .map_err(|e| bad(e.to_string()))?;
-                if reply.header.sequence_number != seq {
-                    continue; // a late answer to an earlier request
+        crate::sys::link::transact(&self.sock, &mut self.rx, self.seq, msg, 0, &mut on_reply)
+            .map_err(|e| match e {
+                crate::sys::link::Transact::Io(e) => e,
+                crate::sys::link::Transact::Decode(d) => {
+                    io::Error::new(io::ErrorKind::InvalidData, d)
                 }
-                match reply.payload {
-                    NetlinkPayload::Error(e) => {
-                        return match e.code {
-                            None => Ok(()),
-                            Some(_) => Err(e.to_io()),
-                        }
-                    }
-                    NetlinkPayload::Done(_) => return Ok(()),
-                    NetlinkPayload::InnerMessage(m) => on_reply(m),
-                    _ => {}
-                }
-            }
-        }
+            })
     }
 }
 

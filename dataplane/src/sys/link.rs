@@ -361,46 +361,81 @@ impl Netlink {
         };
 
         self.seq = self.seq.wrapping_add(1);
-        let seq = self.seq;
-        let mut header = NetlinkHeader::default();
-        header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
-        header.sequence_number = seq;
-        let mut req = NetlinkMessage::new(header, NetlinkPayload::from(msg));
-        req.finalize();
-        let mut out = vec![0u8; req.buffer_len()];
-        req.serialize(&mut out);
-        self.sock.send(&out, 0).map_err(fail)?;
+        transact(
+            &self.sock,
+            &mut self.rx,
+            self.seq,
+            msg,
+            flags,
+            &mut on_reply,
+        )
+        .map_err(|e| match e {
+            Transact::Io(source) => fail(source),
+            Transact::Decode(detail) => bad(detail),
+        })
+    }
+}
 
-        loop {
-            self.rx.clear();
-            self.sock.recv(&mut self.rx, 0).map_err(fail)?;
-            let mut at = 0;
-            while at < self.rx.len() {
-                let chunk = &self.rx[at..];
-                let len = NetlinkBuffer::new_checked(chunk)
-                    .map_err(|e| bad(e.to_string()))?
-                    .length() as usize;
-                let this = chunk
-                    .get(..len)
-                    .ok_or_else(|| bad(format!("message of {len} bytes truncated")))?;
-                // Messages are padded to 4 bytes.
-                at += (len + 3) & !3;
-                let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(this)
-                    .map_err(|e| bad(e.to_string()))?;
-                if reply.header.sequence_number != seq {
-                    continue; // a late answer to an earlier request
-                }
-                match reply.payload {
-                    NetlinkPayload::Error(e) => {
-                        return match e.code {
-                            None => Ok(()),
-                            Some(_) => Err(fail(e.to_io())),
-                        }
+/// How [`transact`] failed.
+#[derive(Debug)]
+pub(crate) enum Transact {
+    /// The socket failed, or the kernel answered with an error.
+    Io(io::Error),
+    /// The answer could not be decoded.
+    Decode(String),
+}
+
+/// Sends one rtnetlink request with an acknowledgement asked for (plus
+/// `flags`), hands every reply of sequence number `seq` to `on_reply`, and
+/// returns when the acknowledgement (or an error) arrives. Shared by link
+/// configuration here and XDP attachment in [`super::bpf`].
+pub(crate) fn transact(
+    sock: &Socket,
+    rx: &mut Vec<u8>,
+    seq: u32,
+    msg: RouteNetlinkMessage,
+    flags: u16,
+    on_reply: &mut dyn FnMut(RouteNetlinkMessage),
+) -> Result<(), Transact> {
+    let bad = |detail: String| Transact::Decode(detail);
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
+    header.sequence_number = seq;
+    let mut req = NetlinkMessage::new(header, NetlinkPayload::from(msg));
+    req.finalize();
+    let mut out = vec![0u8; req.buffer_len()];
+    req.serialize(&mut out);
+    sock.send(&out, 0).map_err(Transact::Io)?;
+
+    loop {
+        rx.clear();
+        sock.recv(rx, 0).map_err(Transact::Io)?;
+        let mut at = 0;
+        while at < rx.len() {
+            let chunk = &rx[at..];
+            let len = NetlinkBuffer::new_checked(chunk)
+                .map_err(|e| bad(e.to_string()))?
+                .length() as usize;
+            let this = chunk
+                .get(..len)
+                .ok_or_else(|| bad(format!("message of {len} bytes truncated")))?;
+            // Messages are padded to 4 bytes.
+            at += (len + 3) & !3;
+            let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(this)
+                .map_err(|e| bad(e.to_string()))?;
+            if reply.header.sequence_number != seq {
+                continue; // a late answer to an earlier request
+            }
+            match reply.payload {
+                NetlinkPayload::Error(e) => {
+                    return match e.code {
+                        None => Ok(()),
+                        Some(_) => Err(Transact::Io(e.to_io())),
                     }
-                    NetlinkPayload::Done(_) => return Ok(()),
-                    NetlinkPayload::InnerMessage(m) => on_reply(m),
-                    _ => {}
                 }
+                NetlinkPayload::Done(_) => return Ok(()),
+                NetlinkPayload::InnerMessage(m) => on_reply(m),
+                _ => {}
             }
         }
     }
