@@ -273,12 +273,9 @@ impl Node {
             .stderr(Stdio::piped())
             .spawn()
             .expect("running the CNI plugin");
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
+        // A plugin that needs no stdin (VERSION, an unknown command) may exit
+        // before reading it.
+        let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
         let out = child.wait_with_output().unwrap();
         CniOutcome {
             code: out.status.code().unwrap_or(-1),

@@ -550,6 +550,15 @@ impl Agent {
         };
         let mut st = self.lock();
         let Some(gone) = self.remove(&mut st, &key) else {
+            let pending = st.pending.contains(&key);
+            drop(st);
+            // No record: an ADD interrupted by a crash may have left its
+            // interface in the pod. Not while that ADD is still running.
+            if let (Some(netns), false) = (d.netns.as_deref(), pending) {
+                if pod::remove_orphan(netns, &key.ifname) {
+                    tracing::info!(container = %key.container_id, ifname = %key.ifname, "orphaned interface removed");
+                }
+            }
             return Ok(Answer::Done);
         };
         self.publish(&mut st);

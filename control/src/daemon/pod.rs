@@ -147,6 +147,30 @@ pub fn reattach(netns: &str, ifname: &str) -> Result<Tap, PodNetError> {
         })
 }
 
+/// Deletes `ifname` in `netns` if it is a TAP Sluice made (a TUN/TAP device
+/// whose MAC has Sluice's pod prefix) that no record holds: what an ADD
+/// interrupted by a crash leaves behind, found by the runtime's DEL.
+/// Returns whether something was deleted.
+pub fn remove_orphan(netns: &str, ifname: &str) -> bool {
+    let Ok(ns) = NetNs::open(netns) else { return false };
+    in_netns(&ns, || {
+        let mac = nix::ifaddrs::getifaddrs().ok().and_then(|addrs| {
+            addrs
+                .filter(|a| a.interface_name == ifname)
+                .find_map(|a| a.address.as_ref().and_then(|s| s.as_link_addr()).and_then(|l| l.addr()))
+        });
+        if !mac.is_some_and(|m| m[0] == 0x0a && m[1] == 0x58) {
+            return false;
+        }
+        // Attaching succeeds only for a TUN/TAP device of that name.
+        match Tap::attach(ifname, &tap_options()) {
+            Ok(t) => t.delete().is_ok(),
+            Err(_) => false,
+        }
+    })
+    .unwrap_or(false)
+}
+
 /// Checks a pod interface is still as wired: present, with the address and MAC.
 pub fn check(netns: &str, ifname: &str, ip: Ipv4Addr, mac: MacAddr) -> Result<(), String> {
     let ns = NetNs::open(netns).map_err(|e| format!("network namespace {netns}: {e}"))?;
