@@ -152,12 +152,17 @@ pub fn reattach(netns: &str, ifname: &str) -> Result<Tap, PodNetError> {
 /// interrupted by a crash leaves behind, found by the runtime's DEL.
 /// Returns whether something was deleted.
 pub fn remove_orphan(netns: &str, ifname: &str) -> bool {
-    let Ok(ns) = NetNs::open(netns) else { return false };
+    let Ok(ns) = NetNs::open(netns) else {
+        return false;
+    };
     in_netns(&ns, || {
         let mac = nix::ifaddrs::getifaddrs().ok().and_then(|addrs| {
-            addrs
-                .filter(|a| a.interface_name == ifname)
-                .find_map(|a| a.address.as_ref().and_then(|s| s.as_link_addr()).and_then(|l| l.addr()))
+            addrs.filter(|a| a.interface_name == ifname).find_map(|a| {
+                a.address
+                    .as_ref()
+                    .and_then(|s| s.as_link_addr())
+                    .and_then(|l| l.addr())
+            })
         });
         if !mac.is_some_and(|m| m[0] == 0x0a && m[1] == 0x58) {
             return false;
