@@ -92,6 +92,15 @@ pub enum Request {
         /// YAML or JSON text holding one document or several (`---` separated).
         documents: String,
     },
+    /// Copies of the next `count` frames received or sent on a port: `uplink`,
+    /// `host`, or a pod as `NAMESPACE/POD`. Answers when `count` frames were
+    /// seen or after `timeout_ms`. Answer: [`Answer::Json`] `{"frames":
+    /// [{"unix_ns", "rx", "hex"}]}`.
+    Capture {
+        port: String,
+        count: u32,
+        timeout_ms: u32,
+    },
     /// Which NetworkPolicies select each side of a connection, the verdict and
     /// the rule that decided it. Answer: [`Answer::Json`].
     PolicyExplain {
@@ -122,6 +131,7 @@ impl Request {
             Request::Apply { .. } => "apply",
             Request::Delete { .. } => "delete",
             Request::PolicyExplain { .. } => "policy_explain",
+            Request::Capture { .. } => "capture",
         }
     }
 }

@@ -106,7 +106,25 @@ struct Shared {
     stop: AtomicBool,
 }
 
+/// A captured frame: when (ns since the Unix epoch), which way, the bytes.
+#[derive(Debug, Clone)]
+pub struct Captured {
+    pub unix_ns: u64,
+    /// True for frames the port received, false for frames sent on it.
+    pub rx: bool,
+    pub frame: Vec<u8>,
+}
+
+/// An active capture on one port: frames are copied into a bounded channel;
+/// when it is full (a slow reader) frames are skipped, never waited for.
+struct Capture {
+    port: PortId,
+    remaining: usize,
+    tx: Sender<Captured>,
+}
+
 enum Command {
+    Capture(Capture),
     AddPort {
         id: PortId,
         port: BoxPort,
@@ -200,6 +218,7 @@ impl Runtime {
                 tx: TxQueues::with_ports(8),
                 outgoing: rings[i].clone(),
                 incoming: rings.iter().map(|r| r[i].clone()).collect(),
+                captures: Vec::new(),
                 owners: port_owner.clone(),
                 stats: WorkerStats {
                     worker: i,
@@ -279,6 +298,28 @@ impl Runtime {
             .ok()?;
         h.waker.wake().ok()?;
         rx.recv_timeout(Duration::from_secs(5)).ok().flatten()
+    }
+
+    /// Copies the next `count` frames received or sent on `port` into the
+    /// returned channel (bounded; frames are skipped rather than slowing the
+    /// worker). `None` if no worker owns the port.
+    pub fn capture(&self, port: PortId, count: usize) -> Option<Receiver<Captured>> {
+        let w = (*self
+            .owners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(port.index())?)?;
+        let (tx, rx) = crossbeam_channel::bounded(count.clamp(1, 65_536));
+        let h = &self.workers[w];
+        h.commands
+            .send(Command::Capture(Capture {
+                port,
+                remaining: count,
+                tx,
+            }))
+            .ok()?;
+        h.waker.wake().ok()?;
+        Some(rx)
     }
 
     /// The latest published stats of every worker.
@@ -364,6 +405,8 @@ struct Worker<P: Policy> {
     owners: Arc<OwnerMap>,
     stats: WorkerStats,
     core: Option<core_affinity::CoreId>,
+    /// Active captures; empty (one branch per burst) when nobody captures.
+    captures: Vec<Capture>,
 }
 
 impl<P: Policy> Worker<P> {
@@ -423,6 +466,7 @@ impl<P: Policy> Worker<P> {
     fn handle_commands(&mut self) {
         while let Ok(cmd) = self.commands.try_recv() {
             match cmd {
+                Command::Capture(c) => self.captures.push(c),
                 Command::AddPort { id, port } => {
                     if let Some(fd) = port.rx_fd() {
                         let _ = self.poll.registry().register(
@@ -497,6 +541,9 @@ impl<P: Policy> Worker<P> {
             if n == 0 {
                 continue;
             }
+            if !self.captures.is_empty() {
+                copy_out(&mut self.captures, id, batch, true);
+            }
             self.pipeline
                 .process(id, batch, now, &mut self.pool, &mut self.tx);
             self.flush();
@@ -522,11 +569,15 @@ impl<P: Policy> Worker<P> {
             owners,
             stats,
             id,
+            captures,
             ..
         } = self;
         for (port, q) in tx.pending() {
             match ports.get_mut(port.index()).and_then(Option::as_mut) {
                 Some(op) => {
+                    if !captures.is_empty() {
+                        copy_out(captures, port, q, false);
+                    }
                     let n = q.len();
                     let bytes: u64 = q.iter().map(|p| p.len() as u64).sum();
                     match op.port.tx_burst(pool, q) {
@@ -599,6 +650,35 @@ impl<P: Policy> Worker<P> {
             *s = self.stats.clone();
         }
     }
+}
+
+/// Copies a batch's frames into the captures on `port`; finished captures
+/// (count reached, or the reader gone) are dropped.
+#[cold]
+fn copy_out(captures: &mut Vec<Capture>, port: PortId, batch: &Batch, rx: bool) {
+    let unix_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    captures.retain_mut(|c| {
+        if c.port != port {
+            return true;
+        }
+        for p in batch.iter() {
+            if c.remaining == 0 {
+                break;
+            }
+            match c.tx.try_send(Captured {
+                unix_ns,
+                rx,
+                frame: p.data().to_vec(),
+            }) {
+                Ok(()) => c.remaining -= 1,
+                Err(crossbeam_channel::TrySendError::Full(_)) => {}
+                Err(crossbeam_channel::TrySendError::Disconnected(_)) => return false,
+            }
+        }
+        c.remaining > 0
+    });
 }
 
 #[cfg(test)]

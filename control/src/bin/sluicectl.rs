@@ -47,6 +47,21 @@ enum Cmd {
         #[arg(short = 'f', long = "filename")]
         file: String,
     },
+    /// Capture frames of a port into a pcap file (tcpdump, tshark, Wireshark).
+    Capture {
+        /// uplink, host, or a pod as NAMESPACE/POD.
+        #[arg(long)]
+        port: String,
+        /// File to write.
+        #[arg(short = 'w')]
+        write: PathBuf,
+        /// Frames to capture.
+        #[arg(long, default_value_t = 100)]
+        count: u32,
+        /// Seconds to wait at most.
+        #[arg(long, default_value_t = 10)]
+        timeout: u32,
+    },
     /// NetworkPolicy questions.
     Policy {
         #[command(subcommand)]
@@ -90,6 +105,16 @@ fn main() -> ExitCode {
         Cmd::Routes => Request::Routes,
         Cmd::Nodes => Request::Nodes,
         Cmd::Stats => Request::Stats,
+        Cmd::Capture {
+            port,
+            count,
+            timeout,
+            ..
+        } => Request::Capture {
+            port: port.clone(),
+            count: *count,
+            timeout_ms: timeout.saturating_mul(1000),
+        },
         Cmd::Policy {
             cmd: PolicyCmd::Explain { from, to, port },
         } => {
@@ -168,6 +193,10 @@ fn print_answer(cli: &Cli, answer: Answer) {
         return;
     }
     match &cli.cmd {
+        Cmd::Capture { write, .. } => match write_pcap(write, &v) {
+            Ok(n) => println!("{n} frames written to {}", write.display()),
+            Err(e) => eprintln!("sluicectl: writing {}: {e}", write.display()),
+        },
         Cmd::Status => {
             if let Some(o) = v.as_object() {
                 for (k, val) in o {
@@ -287,4 +316,27 @@ fn table(v: &serde_json::Value, cols: &[&str]) {
     for r in rows {
         line(r);
     }
+}
+
+/// Writes the frames of a capture answer as a pcap file.
+fn write_pcap(path: &std::path::Path, v: &serde_json::Value) -> Result<usize, String> {
+    let file = std::fs::File::create(path).map_err(|e| e.to_string())?;
+    let mut w = sluice_dataplane::pcap::Writer::new(std::io::BufWriter::new(file))
+        .map_err(|e| e.to_string())?;
+    let frames = v["frames"].as_array().cloned().unwrap_or_default();
+    for f in &frames {
+        let hex = f["hex"].as_str().unwrap_or("");
+        let bytes: Vec<u8> = (0..hex.len() / 2)
+            .filter_map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok())
+            .collect();
+        let ns = f["unix_ns"].as_u64().unwrap_or(0);
+        w.write_frame(
+            (ns / 1_000_000_000) as u32,
+            ((ns % 1_000_000_000) / 1000) as u32,
+            &bytes,
+        )
+        .map_err(|e| e.to_string())?;
+    }
+    w.into_inner().map_err(|e| e.to_string())?;
+    Ok(frames.len())
 }

@@ -395,6 +395,11 @@ impl Agent {
                 port,
                 protocol,
             } => self.explain(&from, &to, port, &protocol),
+            Request::Capture {
+                port,
+                count,
+                timeout_ms,
+            } => self.capture(&port, count, timeout_ms),
         }
     }
 
@@ -673,6 +678,62 @@ impl Agent {
         self.publish(&mut st);
         self.save(&mut st)?;
         Ok(Answer::Json(json!(report)))
+    }
+
+    /// The most frames one capture returns, and the longest it waits.
+    const MAX_CAPTURE: u32 = 10_000;
+    const MAX_CAPTURE_MS: u32 = 60_000;
+
+    fn capture(&self, port: &str, count: u32, timeout_ms: u32) -> ApiResult {
+        let bad = |m: String| ApiError::new(code::INVALID_REQUEST, m);
+        if count == 0 || count > Self::MAX_CAPTURE {
+            return Err(bad(format!(
+                "count {count}: expected 1..={}",
+                Self::MAX_CAPTURE
+            )));
+        }
+        let id = match port {
+            "uplink" => PortId::UPLINK,
+            "host" => PortId::HOST,
+            pod => {
+                let (ns, name) = pod.split_once('/').ok_or_else(|| {
+                    bad(format!(
+                        "port {pod:?}: expected uplink, host or NAMESPACE/POD"
+                    ))
+                })?;
+                let st = self.lock();
+                st.eps
+                    .values()
+                    .find(|e| {
+                        e.rec.pod_namespace.as_deref() == Some(ns)
+                            && e.rec.pod_name.as_deref() == Some(name)
+                    })
+                    .and_then(|e| e.port)
+                    .ok_or_else(|| {
+                        ApiError::new(
+                            code::NOT_FOUND,
+                            format!("no attached pod {pod} on this node"),
+                        )
+                    })?
+            }
+        };
+        let rx = self.runtime.capture(id, count as usize).ok_or_else(|| {
+            ApiError::new(code::NOT_FOUND, format!("port {port} is not attached"))
+        })?;
+        let deadline = std::time::Instant::now()
+            + std::time::Duration::from_millis(u64::from(timeout_ms.min(Self::MAX_CAPTURE_MS)));
+        let mut frames = Vec::new();
+        while frames.len() < count as usize {
+            match rx.recv_deadline(deadline) {
+                Ok(c) => {
+                    let hex: String = c.frame.iter().map(|b| format!("{b:02x}")).collect();
+                    frames.push(json!({"unix_ns": c.unix_ns, "rx": c.rx, "hex": hex}));
+                }
+                Err(_) => break,
+            }
+        }
+        // Dropping the receiver ends the capture in the worker.
+        Ok(Answer::Json(json!({"port": port, "frames": frames})))
     }
 
     fn explain(&self, from: &str, to: &str, port: u16, protocol: &str) -> ApiResult {
