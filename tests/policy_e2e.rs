@@ -115,7 +115,28 @@ fn policies_across_two_nodes() {
     //    the replies of those connections pass.
     let deny_y = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: y}\nspec: {podSelector: {}, policyTypes: [Ingress]}\n";
     apply_both(&a, &b, deny_y);
+    // sluicectl monitor on the destination node sees the denial, with the policy.
+    let monitor = std::process::Command::new(common::cluster::bin("sluicectl"))
+        .arg("--socket")
+        .arg(b.socket())
+        .args(["monitor", "--count", "1", "--timeout", "20"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
     assert!(!tcp_ok(&xa, &yb), "x/a -> y/b under default-deny ingress");
+    let out = monitor.wait_with_output().unwrap();
+    let line = String::from_utf8_lossy(&out.stdout);
+    for want in [
+        "y/b",
+        "ingress",
+        "drop",
+        "policy_denied_ingress",
+        "y/deny",
+        &xa.ip.to_string(),
+    ] {
+        assert!(line.contains(want), "monitor line lacks {want}: {line}");
+    }
     assert!(
         !xa.ping(yb.ip, 1),
         "ping x/a -> y/b under default-deny ingress"

@@ -92,6 +92,11 @@ pub enum Request {
         /// YAML or JSON text holding one document or several (`---` separated).
         documents: String,
     },
+    /// Drops and policy denials seen by the workers from now on, at most
+    /// `count`, answered after `timeout_ms` (or when `count` arrived). Answer:
+    /// [`Answer::Json`] `{"events": [...]}`, one object per drop with time,
+    /// pod, direction, 5-tuple, verdict, reason and the selecting policies.
+    Monitor { count: u32, timeout_ms: u32 },
     /// Copies of the next `count` frames received or sent on a port: `uplink`,
     /// `host`, or a pod as `NAMESPACE/POD`. Answers when `count` frames were
     /// seen or after `timeout_ms`. Answer: [`Answer::Json`] `{"frames":
@@ -132,6 +137,7 @@ impl Request {
             Request::Delete { .. } => "delete",
             Request::PolicyExplain { .. } => "policy_explain",
             Request::Capture { .. } => "capture",
+            Request::Monitor { .. } => "monitor",
         }
     }
 }

@@ -5,7 +5,7 @@
 //! transmits and empties every queue in [`TxQueues`]. The pipeline reads the
 //! tables once per batch and never blocks, allocates or does I/O.
 
-use crate::buf::{Batch, Packet, Pool, PortId};
+use crate::buf::{Batch, Packet, Pool, PortId, MAX_BATCH};
 use crate::drop::DropReason;
 use crate::policy::{AllowAll, Policy, Verdict};
 use crate::stage::{self, at, drop, goto, Counters, Next};
@@ -68,6 +68,18 @@ pub struct Pipeline<P: Policy = AllowAll> {
     pub policy: P,
     counters: Counters,
     ident: u16,
+    /// Drops recorded for `sluicectl monitor`; `None` (nothing recorded, one
+    /// check on the drop path only) unless someone is watching.
+    events: Option<Vec<DropEvent>>,
+}
+
+/// A dropped packet, as recorded while monitoring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DropEvent {
+    pub in_port: PortId,
+    /// The 5-tuple, when ipv4-input got that far (zero otherwise).
+    pub flow: crate::flow::FlowKey,
+    pub reason: DropReason,
 }
 
 impl Pipeline<AllowAll> {
@@ -84,6 +96,7 @@ impl<P: Policy> Pipeline<P> {
             policy,
             counters: Counters::default(),
             ident: 0,
+            events: None,
         }
     }
 
@@ -112,6 +125,7 @@ impl<P: Policy> Pipeline<P> {
             policy,
             counters,
             ident,
+            events,
         } = self;
         let t: &Tables = tables.current();
         counters.batches += 1;
@@ -172,13 +186,33 @@ impl<P: Policy> Pipeline<P> {
         let _ = pending;
 
         for p in batch.drain() {
-            dispatch(p, counters, pool, tx);
+            dispatch(p, counters, pool, tx, events.as_mut());
         }
+    }
+
+    /// Starts or stops recording drops for [`Pipeline::take_events`].
+    pub fn set_monitor(&mut self, on: bool) {
+        match (on, self.events.is_some()) {
+            (true, false) => self.events = Some(Vec::with_capacity(MAX_BATCH)),
+            (false, true) => self.events = None,
+            _ => {}
+        }
+    }
+
+    /// The drops recorded since the last call (at most one batch's worth).
+    pub fn take_events(&mut self) -> impl Iterator<Item = DropEvent> + '_ {
+        self.events.iter_mut().flat_map(|e| e.drain(..))
     }
 }
 
 #[inline(always)]
-fn dispatch(mut p: Packet, counters: &mut Counters, pool: &mut Pool, tx: &mut TxQueues) {
+fn dispatch(
+    mut p: Packet,
+    counters: &mut Counters,
+    pool: &mut Pool,
+    tx: &mut TxQueues,
+    events: Option<&mut Vec<DropEvent>>,
+) {
     if at(&p, Next::Tx) {
         let q = tx.queue(p.meta.out_port);
         if q.is_full() {
@@ -195,6 +229,15 @@ fn dispatch(mut p: Packet, counters: &mut Counters, pool: &mut Pool, tx: &mut Tx
         p.meta.drop = DropReason::NoRoute;
     }
     counters.drops[p.meta.drop as usize] += 1;
+    if let Some(ev) = events {
+        if ev.len() < MAX_BATCH {
+            ev.push(DropEvent {
+                in_port: p.meta.in_port,
+                flow: p.meta.flow,
+                reason: p.meta.drop,
+            });
+        }
+    }
     pool.free(p);
 }
 

@@ -123,8 +123,17 @@ struct Capture {
     tx: Sender<Captured>,
 }
 
+/// A drop seen by a worker, for `sluicectl monitor`.
+#[derive(Debug, Clone, Copy)]
+pub struct MonitorEvent {
+    pub unix_ns: u64,
+    pub worker: usize,
+    pub drop: crate::pipeline::DropEvent,
+}
+
 enum Command {
     Capture(Capture),
+    Monitor(Sender<MonitorEvent>),
     AddPort {
         id: PortId,
         port: BoxPort,
@@ -218,6 +227,7 @@ impl Runtime {
                 tx: TxQueues::with_ports(8),
                 outgoing: rings[i].clone(),
                 incoming: rings.iter().map(|r| r[i].clone()).collect(),
+                monitors: Vec::new(),
                 captures: Vec::new(),
                 owners: port_owner.clone(),
                 stats: WorkerStats {
@@ -322,6 +332,17 @@ impl Runtime {
         Some(rx)
     }
 
+    /// Streams every worker's drops into the returned channel (bounded: events
+    /// are skipped, never waited for) until the receiver is dropped.
+    pub fn monitor(&self) -> Receiver<MonitorEvent> {
+        let (tx, rx) = crossbeam_channel::bounded(4096);
+        for h in &self.workers {
+            let _ = h.commands.send(Command::Monitor(tx.clone()));
+            let _ = h.waker.wake();
+        }
+        rx
+    }
+
     /// The latest published stats of every worker.
     pub fn stats(&self) -> Vec<WorkerStats> {
         self.workers
@@ -407,6 +428,8 @@ struct Worker<P: Policy> {
     core: Option<core_affinity::CoreId>,
     /// Active captures; empty (one branch per burst) when nobody captures.
     captures: Vec<Capture>,
+    /// `sluicectl monitor` subscribers.
+    monitors: Vec<Sender<MonitorEvent>>,
 }
 
 impl<P: Policy> Worker<P> {
@@ -467,6 +490,10 @@ impl<P: Policy> Worker<P> {
         while let Ok(cmd) = self.commands.try_recv() {
             match cmd {
                 Command::Capture(c) => self.captures.push(c),
+                Command::Monitor(m) => {
+                    self.monitors.push(m);
+                    self.pipeline.set_monitor(true);
+                }
                 Command::AddPort { id, port } => {
                     if let Some(fd) = port.rx_fd() {
                         let _ = self.poll.registry().register(
@@ -546,10 +573,37 @@ impl<P: Policy> Worker<P> {
             }
             self.pipeline
                 .process(id, batch, now, &mut self.pool, &mut self.tx);
+            if !self.monitors.is_empty() {
+                self.send_events();
+            }
             self.flush();
             work += n;
         }
         work
+    }
+
+    #[cold]
+    fn send_events(&mut self) {
+        let unix_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let worker = self.id;
+        let monitors = &mut self.monitors;
+        for drop in self.pipeline.take_events() {
+            monitors.retain(|m| {
+                !matches!(
+                    m.try_send(MonitorEvent {
+                        unix_ns,
+                        worker,
+                        drop
+                    }),
+                    Err(crossbeam_channel::TrySendError::Disconnected(_))
+                )
+            });
+        }
+        if self.monitors.is_empty() {
+            self.pipeline.set_monitor(false);
+        }
     }
 
     fn grow_pool(&mut self) {

@@ -47,6 +47,16 @@ enum Cmd {
         #[arg(short = 'f', long = "filename")]
         file: String,
     },
+    /// A stream of drops and policy denials, one line each (time, pod,
+    /// direction, 5-tuple, verdict, reason, policies).
+    Monitor {
+        /// Stop after this many events.
+        #[arg(long, default_value_t = 1000)]
+        count: u32,
+        /// Stop after this many seconds.
+        #[arg(long, default_value_t = 60)]
+        timeout: u32,
+    },
     /// Capture frames of a port into a pcap file (tcpdump, tshark, Wireshark).
     Capture {
         /// uplink, host, or a pod as NAMESPACE/POD.
@@ -99,12 +109,16 @@ fn read_input(f: &str) -> Result<String, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Cmd::Monitor { count, timeout } = &cli.cmd {
+        return monitor(&cli, *count, *timeout);
+    }
     let req = match &cli.cmd {
         Cmd::Status => Request::Status,
         Cmd::Endpoints => Request::Endpoints,
         Cmd::Routes => Request::Routes,
         Cmd::Nodes => Request::Nodes,
         Cmd::Stats => Request::Stats,
+        Cmd::Monitor { .. } => unreachable!("handled above"),
         Cmd::Capture {
             port,
             count,
@@ -339,4 +353,62 @@ fn write_pcap(path: &std::path::Path, v: &serde_json::Value) -> Result<usize, St
     }
     w.into_inner().map_err(|e| e.to_string())?;
     Ok(frames.len())
+}
+
+/// Prints drops as they come: one short request per second, so lines appear
+/// within a second of the drop.
+fn monitor(cli: &Cli, count: u32, timeout: u32) -> ExitCode {
+    let mut client = match Client::connect(&cli.socket, CONNECT_TIMEOUT) {
+        Ok(c) => c,
+        Err(e) => return fail_connect(&cli.socket, &e),
+    };
+    let start = std::time::Instant::now();
+    let mut seen = 0u32;
+    while seen < count && start.elapsed().as_secs() < u64::from(timeout) {
+        let req = Request::Monitor {
+            count: count - seen,
+            timeout_ms: 1000,
+        };
+        let answer = match client.call(&req) {
+            Ok(r) => match r.into_result() {
+                Ok(Answer::Json(v)) => v,
+                Ok(_) => continue,
+                Err(e) => {
+                    eprintln!("sluicectl: sluiced refused: {} (code {})", e.msg, e.code);
+                    return ExitCode::from(1);
+                }
+            },
+            Err(e) => return fail_connect(&cli.socket, &e),
+        };
+        for e in answer["events"].as_array().cloned().unwrap_or_default() {
+            seen += 1;
+            if cli.json {
+                println!("{e}");
+                continue;
+            }
+            let secs = e["unix_ns"].as_u64().unwrap_or(0) as f64 / 1e9;
+            let policies: Vec<String> = e["policies"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|p| p.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default();
+            println!(
+                "{secs:.6} {} {} {} {} {} {}",
+                scalar(&e["pod"]),
+                scalar(&e["direction"]),
+                scalar(&e["flow"]),
+                scalar(&e["verdict"]),
+                scalar(&e["reason"]),
+                if policies.is_empty() {
+                    "-".to_owned()
+                } else {
+                    policies.join(",")
+                }
+            );
+        }
+    }
+    ExitCode::SUCCESS
 }

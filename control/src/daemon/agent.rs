@@ -395,6 +395,7 @@ impl Agent {
                 port,
                 protocol,
             } => self.explain(&from, &to, port, &protocol),
+            Request::Monitor { count, timeout_ms } => self.monitor(count, timeout_ms),
             Request::Capture {
                 port,
                 count,
@@ -678,6 +679,83 @@ impl Agent {
         self.publish(&mut st);
         self.save(&mut st)?;
         Ok(Answer::Json(json!(report)))
+    }
+
+    fn monitor(&self, count: u32, timeout_ms: u32) -> ApiResult {
+        if count == 0 || count > Self::MAX_CAPTURE {
+            return Err(ApiError::new(
+                code::INVALID_REQUEST,
+                format!("count {count}: expected 1..={}", Self::MAX_CAPTURE),
+            ));
+        }
+        let rx = self.runtime.monitor();
+        let deadline = std::time::Instant::now()
+            + std::time::Duration::from_millis(u64::from(timeout_ms.min(Self::MAX_CAPTURE_MS)));
+        let mut raw = Vec::new();
+        while raw.len() < count as usize {
+            match rx.recv_deadline(deadline) {
+                Ok(e) => raw.push(e),
+                Err(_) => break,
+            }
+        }
+        drop(rx);
+        let st = self.lock();
+        let pod_of = |ip: u32| {
+            st.eps
+                .values()
+                .find(|e| u32::from(e.rec.ip) == ip)
+                .map(|e| {
+                    format!(
+                        "{}/{}",
+                        e.rec.pod_namespace.as_deref().unwrap_or("-"),
+                        e.rec.pod_name.as_deref().unwrap_or("-")
+                    )
+                })
+        };
+        let events: Vec<serde_json::Value> = raw
+            .iter()
+            .map(|e| {
+                let d = &e.drop;
+                let f = d.flow;
+                let (direction, pod) = match d.reason {
+                    DropReason::PolicyDeniedEgress => ("egress", pod_of(f.src)),
+                    DropReason::PolicyDeniedIngress => ("ingress", pod_of(f.dst)),
+                    _ => ("-", pod_of(f.src).or_else(|| pod_of(f.dst))),
+                };
+                // For policy drops: the policies selecting the isolated side.
+                let policies: Vec<String> = match (
+                    direction,
+                    sluice_dataplane::policy::Protocol::from_number(f.proto),
+                ) {
+                    ("egress" | "ingress", Some(proto)) => {
+                        let x = st.policy.explain(
+                            &policy::Target::Ip(f.src_addr()),
+                            &policy::Target::Ip(f.dst_addr()),
+                            f.dport,
+                            proto,
+                        );
+                        let side = if direction == "egress" {
+                            &x.egress
+                        } else {
+                            &x.ingress
+                        };
+                        side.policies.iter().map(|p| p.to_string()).collect()
+                    }
+                    _ => Vec::new(),
+                };
+                json!({
+                    "unix_ns": e.unix_ns,
+                    "pod": pod,
+                    "direction": direction,
+                    "flow": f.to_string(),
+                    "verdict": "drop",
+                    "reason": d.reason.name(),
+                    "policies": policies,
+                    "port": d.in_port.to_string(),
+                })
+            })
+            .collect();
+        Ok(Answer::Json(json!({ "events": events })))
     }
 
     /// The most frames one capture returns, and the longest it waits.
