@@ -24,7 +24,7 @@ fn tcp_ok(from: &Pod, to: &Pod) -> bool {
     let mut srv = to
         .ns
         .spawn("iperf3", &["-s", "-1", "-B", &to.ip.to_string()]);
-    std::thread::sleep(Duration::from_millis(250));
+    to.wait_listening("-ltn", 5201);
     let out = from.ns.exec(
         "iperf3",
         &[
@@ -50,7 +50,7 @@ fn udp_ok(from: &Pod, to: &Pod) -> bool {
         to.ip
     );
     let mut srv = to.ns.spawn("python3", &["-c", &server]);
-    std::thread::sleep(Duration::from_millis(300));
+    to.wait_listening("-lun", 5300);
     let client = format!(
         "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.settimeout(1.5)\n\
          s.sendto(b'probe',('{}',5300))\nassert s.recv(100)==b'probe'\n",

@@ -365,6 +365,21 @@ pub struct Pod {
 }
 
 impl Pod {
+    /// Waits (at most 5 s) until something in the pod listens on `port`
+    /// (`ss` socket filter flags: "-ltn" for TCP, "-lun" for UDP), so a test
+    /// never races a server's start on a loaded machine.
+    pub fn wait_listening(&self, flags: &str, port: u16) {
+        let t = Instant::now();
+        let want = format!(":{port} ");
+        while t.elapsed() < Duration::from_secs(5) {
+            let out = self.ns.exec("ss", &[flags]);
+            if String::from_utf8_lossy(&out.stdout).contains(&want) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn ping(&self, dst: Ipv4Addr, count: u32) -> bool {
         let out = self.ns.exec(
             "ping",
@@ -402,7 +417,7 @@ impl Pod {
         let mut srv = server
             .ns
             .spawn("iperf3", &["-s", "-1", "-B", &server.ip.to_string()]);
-        std::thread::sleep(Duration::from_millis(300));
+        server.wait_listening("-ltn", 5201);
         let out = self.ns.exec(
             "iperf3",
             &[
