@@ -13,8 +13,6 @@ use sluice_dataplane::sys::link::{LinkError, Netlink};
 use sluice_dataplane::sys::netns::{in_netns, NetNs, NetnsError};
 use sluice_dataplane::wire::MacAddr;
 
-use crate::api::AttachmentKey;
-
 /// Something failed while wiring or unwiring a pod interface.
 #[derive(Debug, thiserror::Error)]
 pub enum PodNetError {
@@ -31,23 +29,6 @@ pub enum PodNetError {
     },
     #[error("interface {ifname} already exists in {netns}: expected a free interface name")]
     IfnameTaken { ifname: String, netns: String },
-}
-
-/// The host-side TAP name of an attachment: `sl` + 12 hex digits of a hash of
-/// the container id and interface name (Linux names are at most 15 bytes).
-pub fn tap_name(key: &AttachmentKey) -> String {
-    // FNV-1a, 64 bits: stable across releases (a std hasher is not).
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in key
-        .container_id
-        .bytes()
-        .chain([0])
-        .chain(key.ifname.bytes())
-    {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    format!("sl{:012x}", h & 0xffff_ffff_ffff)
 }
 
 /// The MAC of a pod interface: locally administered, derived from its address
@@ -213,18 +194,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tap_names_fit_and_differ() {
-        let a = AttachmentKey {
-            container_id: "abc".into(),
-            ifname: "eth0".into(),
-        };
-        let b = AttachmentKey {
-            container_id: "abc".into(),
-            ifname: "eth1".into(),
-        };
-        assert_eq!(tap_name(&a).len(), 14);
-        assert_ne!(tap_name(&a), tap_name(&b));
-        assert_eq!(tap_name(&a), tap_name(&a.clone()));
+    fn pod_macs_come_from_the_address() {
         assert_eq!(
             pod_mac(Ipv4Addr::new(198, 19, 1, 5)).to_string(),
             "0a:58:c6:13:01:05"
