@@ -37,21 +37,13 @@ pub fn uplink_input(t: &Tables, c: &mut Counters, pkts: &mut [Packet]) -> u32 {
                 continue;
             }
         }
-        let ip = match ipv4::Packet::new_checked(&d[ETH..]) {
+        let ip = match checked_ipv4(&d[ETH..]) {
             Ok(ip) => ip,
-            Err(_) => {
-                pending |= drop(p, R::Ipv4Truncated);
+            Err(r) => {
+                pending |= drop(p, r);
                 continue;
             }
         };
-        if ip.version() != 4 {
-            pending |= drop(p, R::Ipv4BadVersion);
-            continue;
-        }
-        if !ip.verify_checksum() {
-            pending |= drop(p, R::Ipv4BadChecksum);
-            continue;
-        }
         let hl = ip.header_len();
         let total = usize::from(ip.total_len());
         let proto = ip.protocol();
@@ -232,25 +224,13 @@ pub fn ipv4_input(t: &Tables, _c: &mut Counters, pkts: &mut [Packet], egress_pol
     for p in pkts.iter_mut().filter(|p| at(p, Next::Ipv4Input)) {
         let l3 = usize::from(p.meta.l3);
         let d = p.data();
-        let ip = match ipv4::Packet::new_checked(&d[l3..]) {
+        let ip = match checked_ipv4(&d[l3..]) {
             Ok(ip) => ip,
-            Err(crate::wire::Error::Malformed { .. }) => {
-                pending |= drop(p, R::Ipv4BadVersion);
-                continue;
-            }
-            Err(_) => {
-                pending |= drop(p, R::Ipv4Truncated);
+            Err(r) => {
+                pending |= drop(p, r);
                 continue;
             }
         };
-        if ip.version() != 4 {
-            pending |= drop(p, R::Ipv4BadVersion);
-            continue;
-        }
-        if !ip.verify_checksum() {
-            pending |= drop(p, R::Ipv4BadChecksum);
-            continue;
-        }
         if p.meta.src_ep != Meta::NO_EP
             && ip.src_u32() != u32::from(t.endpoints.get(p.meta.src_ep).ip)
         {
@@ -274,6 +254,23 @@ pub fn ipv4_input(t: &Tables, _c: &mut Counters, pkts: &mut [Packet], egress_pol
         };
     }
     pending
+}
+
+/// An IPv4 header that is whole, version 4 and whose checksum verifies (outer
+/// headers in uplink-input, every routed packet in ipv4-input), or why not.
+#[inline(always)]
+fn checked_ipv4(b: &[u8]) -> Result<ipv4::Packet<&[u8]>, R> {
+    let ip = ipv4::Packet::new_checked(b).map_err(|e| match e {
+        crate::wire::Error::Malformed { .. } => R::Ipv4BadVersion,
+        _ => R::Ipv4Truncated,
+    })?;
+    if ip.version() != 4 {
+        return Err(R::Ipv4BadVersion);
+    }
+    if !ip.verify_checksum() {
+        return Err(R::Ipv4BadChecksum);
+    }
+    Ok(ip)
 }
 
 /// Sets up packets arriving on `port` for the first stage.

@@ -2,7 +2,7 @@
 //! output stage, port and tunnel, with the path-MTU check.
 
 use super::{at, drop, goto, icmp_kind, Counters, Next};
-use crate::buf::{Meta, Packet, PortId};
+use crate::buf::{Packet, PortId};
 use crate::drop::DropReason as R;
 use crate::table::{NextHop, Tables};
 
@@ -86,10 +86,4 @@ pub fn lookup(t: &Tables, _c: &mut Counters, pkts: &mut [Packet], ingress_policy
 fn df(p: &Packet) -> bool {
     let l3 = usize::from(p.meta.l3);
     p.data()[l3 + 6] & 0x40 != 0
-}
-
-/// Whether a packet came from a local pod (egress is enforced for it).
-#[inline(always)]
-pub fn from_local_pod(p: &Packet) -> bool {
-    p.meta.src_ep != Meta::NO_EP
 }
