@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::cluster::{bin, Node, Underlay};
+use common::cluster::{bin, two_peered_nodes};
 use common::skip_unless_root;
 
 #[test]
@@ -21,13 +21,7 @@ fn capture_pod_and_uplink() {
         eprintln!("skipped: tshark is not installed");
         return;
     }
-    let u = Underlay::new("cp");
-    let mut a = Node::new(&u, "cp", 1, "vxlan", "socket");
-    let mut b = Node::new(&u, "cp", 2, "vxlan", "socket");
-    a.peers.push((b.name.clone(), b.ip, b.pod_cidr.clone()));
-    b.peers.push((a.name.clone(), a.ip, a.pod_cidr.clone()));
-    a.start();
-    b.start();
+    let (_u, a, b) = two_peered_nodes("cp", "vxlan", "socket");
     let a1 = a.add_pod("a1");
     let b1 = b.add_pod("b1");
     assert!(a1.ping_until(b1.ip, Duration::from_secs(10)));

@@ -7,27 +7,15 @@ mod common;
 
 use std::time::Duration;
 
-use common::cluster::{Node, Underlay};
+use common::cluster::{two_peered_nodes, Node, Underlay};
 use common::skip_unless_root;
-
-/// Two nodes that know each other as peers.
-fn two_nodes(tag: &str, mode: &str, backend: &str) -> (Underlay, Node, Node) {
-    let u = Underlay::new(tag);
-    let mut a = Node::new(&u, tag, 1, mode, backend);
-    let mut b = Node::new(&u, tag, 2, mode, backend);
-    a.peers.push((b.name.clone(), b.ip, b.pod_cidr.clone()));
-    b.peers.push((a.name.clone(), a.ip, a.pod_cidr.clone()));
-    a.start();
-    b.start();
-    (u, a, b)
-}
 
 fn pod_to_pod(mode: &str, backend: &str) {
     if skip_unless_root() {
         return;
     }
     let tag = &format!("{}{}", &mode[..2], &backend[..1]);
-    let (_u, a, b) = two_nodes(tag, mode, backend);
+    let (_u, a, b) = two_peered_nodes(tag, mode, backend);
     let a1 = a.add_pod("a1");
     let a2 = a.add_pod("a2");
     let b1 = b.add_pod("b1");

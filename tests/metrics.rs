@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::cluster::{Node, Pod, Underlay};
+use common::cluster::{two_peered_nodes, Node, Pod};
 use common::skip_unless_root;
 use sluice_dataplane::sys::netns::in_netns;
 
@@ -289,13 +289,7 @@ fn metrics_follow_pod_traffic() {
     if skip_unless_root() {
         return;
     }
-    let u = Underlay::new("mx");
-    let mut a = Node::new(&u, "mx", 1, "vxlan", "socket");
-    let mut b = Node::new(&u, "mx", 2, "vxlan", "socket");
-    a.peers.push((b.name.clone(), b.ip, b.pod_cidr.clone()));
-    b.peers.push((a.name.clone(), a.ip, a.pod_cidr.clone()));
-    a.start();
-    b.start();
+    let (_u, a, b) = two_peered_nodes("mx", "vxlan", "socket");
 
     // Before any pod: the families are all there, described and typed.
     let a0 = scrape(&a);

@@ -8,7 +8,7 @@ mod common;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use common::cluster::{Node, Underlay};
+use common::cluster::{two_peered_nodes, Node, Underlay};
 use common::{skip_unless_root, unique, Netns};
 
 #[test]
@@ -244,13 +244,7 @@ fn sigkill_keeps_pods_and_restart_resumes_traffic() {
     if skip_unless_root() {
         return;
     }
-    let u = Underlay::new("rs");
-    let mut a = Node::new(&u, "rs", 1, "vxlan", "socket");
-    let mut b = Node::new(&u, "rs", 2, "vxlan", "socket");
-    a.peers.push((b.name.clone(), b.ip, b.pod_cidr.clone()));
-    b.peers.push((a.name.clone(), a.ip, a.pod_cidr.clone()));
-    a.start();
-    b.start();
+    let (_u, mut a, b) = two_peered_nodes("rs", "vxlan", "socket");
     let a1 = a.add_pod("a1");
     let b1 = b.add_pod("b1");
     assert!(a1.ping_until(b1.ip, Duration::from_secs(10)));

@@ -8,7 +8,7 @@ mod common;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use common::cluster::{Node, Pod, Underlay};
+use common::cluster::{two_peered_nodes, Node, Pod, Underlay};
 use common::skip_unless_root;
 
 fn pod_yaml(ns: &str, name: &str, label: &str, node: &str, ip: Ipv4Addr) -> String {
@@ -82,13 +82,7 @@ fn policies_across_two_nodes() {
     if skip_unless_root() {
         return;
     }
-    let u = Underlay::new("pe");
-    let mut a = Node::new(&u, "pe", 1, "vxlan", "socket");
-    let mut b = Node::new(&u, "pe", 2, "vxlan", "socket");
-    a.peers.push((b.name.clone(), b.ip, b.pod_cidr.clone()));
-    b.peers.push((a.name.clone(), a.ip, a.pod_cidr.clone()));
-    a.start();
-    b.start();
+    let (_u, a, b) = two_peered_nodes("pe", "vxlan", "socket");
     // Namespaces and pods exist before the pods are attached, as in Kubernetes.
     let namespaces = "apiVersion: v1\nkind: Namespace\nmetadata: {name: x, labels: {ns: x}}\n---\n\
                       apiVersion: v1\nkind: Namespace\nmetadata: {name: y, labels: {ns: y}}\n";

@@ -42,6 +42,20 @@ impl Underlay {
     }
 }
 
+/// Two nodes (indices 1 and 2) on a new underlay, each listing the other as
+/// a peer, both running. The underlay is returned first so that it outlives
+/// the nodes when the tuple is dropped.
+pub fn two_peered_nodes(tag: &str, mode: &str, backend: &str) -> (Underlay, Node, Node) {
+    let u = Underlay::new(tag);
+    let mut a = Node::new(&u, tag, 1, mode, backend);
+    let mut b = Node::new(&u, tag, 2, mode, backend);
+    a.peers.push((b.name.clone(), b.ip, b.pod_cidr.clone()));
+    b.peers.push((a.name.clone(), a.ip, a.pod_cidr.clone()));
+    a.start();
+    b.start();
+    (u, a, b)
+}
+
 /// One node: a namespace with `ul0` on the underlay and sluiced running.
 pub struct Node {
     pub name: String,
