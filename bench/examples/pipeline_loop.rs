@@ -1,8 +1,10 @@
 //! Runs one pipeline case in a tight loop, for profilers (perf, callgrind):
-//! `cargo run --release -p bench --example pipeline_loop -- vxlan_encap 1000000`
-//! prints instructions-independent timing; under callgrind, divide the
-//! instruction count of `Pipeline::process` by batches × 32.
+//! `cargo run --release -p bench --example pipeline_loop -- vxlan_encap 1000000 [spread]`
+//! prints wall and on-CPU time per packet (the latter holds up on a loaded
+//! machine); under callgrind, subtract a run of 0 batches (the set-up) and
+//! divide by batches × 32 for instructions per packet.
 
+use std::net::Ipv4Addr;
 use std::time::Instant;
 
 use sluice_dataplane::buf::{Batch, Pool, PortId, DEFAULT_BUF_SIZE};
@@ -17,6 +19,7 @@ fn main() {
         .next()
         .and_then(|s| s.parse().ok())
         .unwrap_or(1_000_000);
+    let spread = args.next().as_deref() == Some("spread");
     let mode = match case.as_str() {
         "vxlan_encap" | "vxlan_decap" => Mode::Vxlan,
         "ipip_encap" | "ipip_decap" => Mode::Ipip,
@@ -30,7 +33,16 @@ fn main() {
         "vxlan_encap" | "ipip_encap" | "native_out" => (
             POD_A1_PORT,
             (0..32u16)
-                .map(|i| udp_frame(POD_A1_MAC, GATEWAY_MAC, POD_A1, POD_B1, 40000 + i, 5201, 64))
+                .map(|i| {
+                    // `spread`: every other packet to another remote /26, as
+                    // the criterion bench sends them.
+                    let dst = if spread && i % 2 == 1 {
+                        Ipv4Addr::from(0xc614_0000 + (u32::from(i) * 97) % (10_000 * 64))
+                    } else {
+                        POD_B1
+                    };
+                    udp_frame(POD_A1_MAC, GATEWAY_MAC, POD_A1, dst, 40000 + i, 5201, 64)
+                })
                 .collect(),
         ),
         _ => (
@@ -60,6 +72,7 @@ fn main() {
         ),
     };
     let mut b = Batch::new();
+    let cpu0 = thread_cpu_ns();
     let t = Instant::now();
     for _ in 0..batches {
         for f in &frames {
@@ -71,8 +84,20 @@ fn main() {
         tx.clear(&mut pool);
     }
     let ns = t.elapsed().as_nanos() as f64 / (batches as f64 * 32.0);
+    let cpu = match (cpu0, thread_cpu_ns()) {
+        (Some(a), Some(b)) => format!("{:.1}", (b - a) as f64 / (batches as f64 * 32.0)),
+        _ => "?".to_owned(),
+    };
     println!(
-        "{case}: {ns:.1} ns/packet over {batches} batches; drops {}",
+        "{case}: {ns:.1} ns/packet wall, {cpu} ns/packet on the CPU, over {batches} batches; drops {}",
         pl.counters().total_drops()
     );
+}
+
+/// Nanoseconds this thread has spent running (Linux schedstat): unlike wall
+/// time, it leaves out the time other processes held the CPU, so it stays
+/// meaningful on a loaded machine.
+fn thread_cpu_ns() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    s.split_whitespace().next()?.parse().ok()
 }

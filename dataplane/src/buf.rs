@@ -174,6 +174,28 @@ impl Buf {
         self.len as usize
     }
 
+    /// The first `N` bytes of the frame as a fixed-size array (`None` if the
+    /// frame is shorter), so that headers are read at constant offsets with no
+    /// further bounds checks.
+    #[inline(always)]
+    pub fn head<const N: usize>(&self) -> Option<&[u8; N]> {
+        if (self.len as usize) < N {
+            return None;
+        }
+        self.data.get(self.head as usize..)?.first_chunk::<N>()
+    }
+
+    /// [`Buf::head`], writable.
+    #[inline(always)]
+    pub fn head_mut<const N: usize>(&mut self) -> Option<&mut [u8; N]> {
+        if (self.len as usize) < N {
+            return None;
+        }
+        self.data
+            .get_mut(self.head as usize..)?
+            .first_chunk_mut::<N>()
+    }
+
     #[inline]
     pub fn is_empty(&self) -> bool {
         self.len == 0
@@ -246,6 +268,18 @@ impl Buf {
         self.head -= n as u32;
         self.len += n as u32;
         Some(&mut self.data[self.head as usize..self.head as usize + n])
+    }
+
+    /// [`Buf::prepend`] of a fixed size: grows the frame by `N` bytes at the
+    /// front and returns them as an array (`None`, unchanged, if the headroom
+    /// is too small).
+    #[inline(always)]
+    pub fn prepend_array<const N: usize>(&mut self) -> Option<&mut [u8; N]> {
+        let head = (self.head as usize).checked_sub(N)?;
+        let out = self.data.get_mut(head..)?.first_chunk_mut::<N>()?;
+        self.head = head as u32;
+        self.len += N as u32;
+        Some(out)
     }
 
     /// Removes `n` bytes from the front. False (unchanged) if the frame is shorter.
@@ -335,6 +369,16 @@ impl Pool {
 
     /// Gives back every packet of `batch`, leaving it empty.
     pub fn free_batch(&mut self, batch: &mut Batch) {
+        // The common case: all of this pool's size and room for all of them,
+        // checked in one pass; then the pointers move in one copy. (`free`
+        // holds `total` from the start, so the append never reallocates.)
+        let size = self.buf_size;
+        if batch.len() <= self.total - self.free.len()
+            && batch.pkts.iter().all(|p| p.data.len() == size)
+        {
+            self.free.append(&mut batch.pkts);
+            return;
+        }
         for p in batch.pkts.drain(..) {
             if self.free.len() < self.total && p.data.len() == self.buf_size {
                 self.free.push(p);

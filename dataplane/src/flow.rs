@@ -3,8 +3,6 @@
 
 use std::net::Ipv4Addr;
 
-use crate::wire::ipv4;
-
 /// Addresses, protocol and ports (ICMP echo: identifier as both ports; other
 /// protocols and non-first fragments: ports zero).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -17,35 +15,52 @@ pub struct FlowKey {
 }
 
 impl FlowKey {
-    /// Extracts the key from an IPv4 packet whose header was validated; L4
-    /// fields that are not there (short packet, later fragment) stay zero.
+    /// Extracts the key from an IPv4 packet whose header was validated (`ip`
+    /// ends at the total length); L4 fields that are not there (short packet,
+    /// later fragment) stay zero, and so does everything if `ip` is shorter
+    /// than an IPv4 header.
     #[inline(always)]
     pub fn from_ipv4(ip: &[u8]) -> FlowKey {
-        let p = ipv4::Packet::new_unchecked(ip);
-        let mut k = FlowKey {
-            src: p.src_u32(),
-            dst: p.dst_u32(),
-            sport: 0,
-            dport: 0,
-            proto: ip[9],
+        let Some(h) = ip.first_chunk::<20>() else {
+            return FlowKey::default();
         };
-        if p.frag_offset() != 0 {
-            return k;
+        let mut k = FlowKey::from_header(h);
+        if h[6] & 0x1f != 0 || h[7] != 0 {
+            return k; // a later fragment: no L4 header
         }
-        let l4 = &ip[p.header_len()..];
+        let hl = usize::from(h[0] & 0x0f) * 4;
+        let l4 = ip.get(hl..).unwrap_or_default();
         match k.proto {
-            6 | 17 | 132 if l4.len() >= 4 => {
-                k.sport = u16::from_be_bytes([l4[0], l4[1]]);
-                k.dport = u16::from_be_bytes([l4[2], l4[3]]);
+            6 | 17 | 132 => {
+                if let Some(w) = l4.first_chunk::<4>() {
+                    k.sport = u16::from_be_bytes([w[0], w[1]]);
+                    k.dport = u16::from_be_bytes([w[2], w[3]]);
+                }
             }
-            1 if l4.len() >= 8 && (l4[0] == 8 || l4[0] == 0) => {
-                let id = u16::from_be_bytes([l4[4], l4[5]]);
-                k.sport = id;
-                k.dport = id;
+            1 => {
+                if let Some(w) = l4.first_chunk::<8>() {
+                    if w[0] == 8 || w[0] == 0 {
+                        let id = u16::from_be_bytes([w[4], w[5]]);
+                        k.sport = id;
+                        k.dport = id;
+                    }
+                }
             }
             _ => {}
         }
         k
+    }
+
+    /// Addresses and protocol from a 20-byte IPv4 header, ports zero.
+    #[inline(always)]
+    pub fn from_header(h: &[u8; 20]) -> FlowKey {
+        FlowKey {
+            src: u32::from_be_bytes([h[12], h[13], h[14], h[15]]),
+            dst: u32::from_be_bytes([h[16], h[17], h[18], h[19]]),
+            sport: 0,
+            dport: 0,
+            proto: h[9],
+        }
     }
 
     /// The key of the reply direction.

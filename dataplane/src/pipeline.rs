@@ -10,6 +10,7 @@ use crate::drop::DropReason;
 use crate::policy::{AllowAll, Policy, Verdict};
 use crate::stage::{self, at, drop, goto, Counters, Next};
 use crate::table::{TableHandle, TableReader, Tables};
+use crate::trace::{Filter, Traced, Tracer};
 
 /// Per-port transmit queues filled by dispatch.
 #[derive(Debug, Default)]
@@ -71,6 +72,8 @@ pub struct Pipeline<P: Policy = AllowAll> {
     /// Drops recorded for `sluicectl monitor`; `None` (nothing recorded, one
     /// check on the drop path only) unless someone is watching.
     events: Option<Vec<DropEvent>>,
+    /// The armed packet trace, if any (`sluicectl trace`).
+    trace: Option<Box<Tracer>>,
 }
 
 /// A dropped packet, as recorded while monitoring.
@@ -97,6 +100,7 @@ impl<P: Policy> Pipeline<P> {
             counters: Counters::default(),
             ident: 0,
             events: None,
+            trace: None,
         }
     }
 
@@ -120,12 +124,58 @@ impl<P: Policy> Pipeline<P> {
         pool: &mut Pool,
         tx: &mut TxQueues,
     ) {
+        #[cfg(not(sluice_no_observe))]
+        if self.trace.is_some() {
+            return self.process_traced(port, batch, now, pool, tx);
+        }
+        self.run(port, batch, now, pool, tx, &mut Unobserved);
+    }
+
+    /// [`Pipeline::process`] with a trace armed: the matching packets are
+    /// marked and each stage's decision for them recorded.
+    #[cold]
+    #[inline(never)]
+    #[cfg_attr(sluice_no_observe, allow(dead_code))]
+    fn process_traced(
+        &mut self,
+        port: PortId,
+        batch: &mut Batch,
+        now: u64,
+        pool: &mut Pool,
+        tx: &mut TxQueues,
+    ) {
+        let Some(mut tracer) = self.trace.take() else {
+            return self.run(port, batch, now, pool, tx, &mut Unobserved);
+        };
+        if tracer.start(batch.as_slice(), port, now) {
+            self.run(port, batch, now, pool, tx, &mut *tracer);
+        } else {
+            self.run(port, batch, now, pool, tx, &mut Unobserved);
+        }
+        if !tracer.finished(now) {
+            self.trace = Some(tracer);
+        }
+    }
+
+    /// Runs the stages; `obs` sees the batch before and after each stage that
+    /// has packets (compiled away for [`Unobserved`]).
+    #[inline(always)]
+    fn run<O: Observe>(
+        &mut self,
+        port: PortId,
+        batch: &mut Batch,
+        now: u64,
+        pool: &mut Pool,
+        tx: &mut TxQueues,
+        obs: &mut O,
+    ) {
         let Pipeline {
             tables,
             policy,
             counters,
             ident,
             events,
+            trace: _,
         } = self;
         let t: &Tables = tables.current();
         counters.batches += 1;
@@ -136,15 +186,36 @@ impl<P: Policy> Pipeline<P> {
         macro_rules! run {
             ($n:expr, $e:expr) => {
                 if pending & $n.bit() != 0 {
+                    if O::ON {
+                        obs.before(pkts);
+                    }
                     pending |= $e;
+                    if O::ON {
+                        obs.after($n, t, pkts);
+                    }
                 }
             };
         }
+        // Untraced, the input stages do ipv4-input's work in the same pass
+        // (uplink-input also ipv4-lookup's and the output stage's): one scan,
+        // one parse, same decisions; the later stages then only see what is
+        // left for them. A trace shows every stage on its own.
         run!(
             Next::UplinkInput,
-            stage::input::uplink_input(t, counters, pkts)
+            if O::ON {
+                stage::input::uplink_input(t, counters, pkts)
+            } else {
+                stage::input::uplink_input_fused(t, counters, ident, pkts, P::ENFORCES)
+            }
         );
-        run!(Next::EthInput, stage::input::eth_input(t, counters, pkts));
+        run!(
+            Next::EthInput,
+            if O::ON {
+                stage::input::eth_input(t, counters, pkts)
+            } else {
+                stage::input::eth_input_fused(t, counters, pkts, P::ENFORCES)
+            }
+        );
         run!(Next::Arp, stage::input::arp(t, counters, pkts));
         run!(
             Next::Ipv4Input,
@@ -184,6 +255,9 @@ impl<P: Policy> Pipeline<P> {
             stage::icmp_error::icmp_error(t, counters, pkts)
         );
         let _ = pending;
+        if O::ON {
+            obs.finish(pkts);
+        }
 
         for p in batch.drain() {
             dispatch(p, counters, pool, tx, events.as_mut());
@@ -196,6 +270,38 @@ impl<P: Policy> Pipeline<P> {
             (true, false) => self.events = Some(Vec::with_capacity(MAX_BATCH)),
             (false, true) => self.events = None,
             _ => {}
+        }
+    }
+
+    /// Arms a trace of the next `count` packets matching `filter`, until the
+    /// monotonic time `deadline` (same clock as `now`); replaces any trace
+    /// already armed. `count == 0` disarms.
+    pub fn set_trace(&mut self, filter: Filter, count: u32, deadline: u64) {
+        self.trace = (count > 0).then(|| Box::new(Tracer::new(filter, count, deadline)));
+    }
+
+    /// Whether a trace is armed or has records waiting.
+    pub fn tracing(&self) -> bool {
+        self.trace.is_some()
+    }
+
+    /// The packets traced since the last call. The trace disarms itself once
+    /// its count is reached or its deadline passed and its records are taken.
+    pub fn take_traces(&mut self) -> Vec<Traced> {
+        let Some(t) = &mut self.trace else {
+            return Vec::new();
+        };
+        let out = t.take().collect();
+        if t.exhausted() {
+            self.trace = None;
+        }
+        out
+    }
+
+    /// Disarms a trace whose deadline passed while no packet came.
+    pub fn expire_trace(&mut self, now: u64) {
+        if self.trace.as_ref().is_some_and(|t| t.finished(now)) {
+            self.trace = None;
         }
     }
 
@@ -229,6 +335,9 @@ fn dispatch(
         p.meta.drop = DropReason::NoRoute;
     }
     counters.drops[p.meta.drop as usize] += 1;
+    #[cfg(sluice_no_observe)]
+    let _ = events;
+    #[cfg(not(sluice_no_observe))]
     if let Some(ev) = events {
         if ev.len() < MAX_BATCH {
             ev.push(DropEvent {
@@ -266,4 +375,39 @@ fn policy_stage<P: Policy>(
         };
     }
     pending
+}
+
+/// Sees the batch around each stage (the packet trace); see [`Pipeline::run`].
+trait Observe {
+    /// False: every hook call is compiled out.
+    const ON: bool;
+    fn before(&mut self, pkts: &[Packet]);
+    fn after(&mut self, stage: Next, t: &Tables, pkts: &[Packet]);
+    fn finish(&mut self, pkts: &[Packet]);
+}
+
+/// No observer: the normal fast path.
+struct Unobserved;
+
+impl Observe for Unobserved {
+    const ON: bool = false;
+    #[inline(always)]
+    fn before(&mut self, _: &[Packet]) {}
+    #[inline(always)]
+    fn after(&mut self, _: Next, _: &Tables, _: &[Packet]) {}
+    #[inline(always)]
+    fn finish(&mut self, _: &[Packet]) {}
+}
+
+impl Observe for Tracer {
+    const ON: bool = true;
+    fn before(&mut self, pkts: &[Packet]) {
+        Tracer::before(self, pkts);
+    }
+    fn after(&mut self, stage: Next, t: &Tables, pkts: &[Packet]) {
+        Tracer::after(self, stage, t, pkts);
+    }
+    fn finish(&mut self, pkts: &[Packet]) {
+        Tracer::finish(self, pkts);
+    }
 }

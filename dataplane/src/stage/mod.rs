@@ -11,6 +11,15 @@
 //!                                                                          └─ host-out ────┤
 //!                            ttl expiry / frag needed ─ icmp-error ────────────────────────┘
 //! ```
+//!
+//! The fast path: an untraced batch runs fused input stages
+//! ([`input::eth_input_fused`]: ethernet-input + ipv4-input;
+//! [`input::uplink_input_fused`]: uplink-input + ipv4-input + ipv4-lookup +
+//! the output stage) that make the same decisions as the stages in turn, in
+//! one pass and one parse; the stages after them see only what is left. A
+//! traced batch runs every stage on its own, so a trace shows each decision.
+//! Headers are read through fixed-size arrays ([`crate::buf::Buf::head`]) so
+//! offsets are constants and bounds checks fold away.
 
 pub mod encap;
 pub mod icmp_error;
@@ -45,6 +54,28 @@ impl Next {
     #[inline(always)]
     pub const fn bit(self) -> u32 {
         1 << self as u32
+    }
+
+    /// The stage with this number (`meta.next`), if there is one.
+    pub fn from_u8(n: u8) -> Option<Next> {
+        const ALL: [Next; 15] = [
+            Next::Drop,
+            Next::UplinkInput,
+            Next::EthInput,
+            Next::Arp,
+            Next::Ipv4Input,
+            Next::PolicyEgress,
+            Next::Lookup,
+            Next::PolicyIngress,
+            Next::LocalDelivery,
+            Next::HostOutput,
+            Next::NativeOutput,
+            Next::VxlanEncap,
+            Next::IpipEncap,
+            Next::IcmpError,
+            Next::Tx,
+        ];
+        ALL.get(usize::from(n)).copied()
     }
 
     pub fn name(self) -> &'static str {

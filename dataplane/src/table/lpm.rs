@@ -128,14 +128,16 @@ impl std::str::FromStr for Prefix {
 /// The immutable trie.
 #[derive(Clone)]
 pub struct Lpm {
-    l0: Box<[u32]>,
-    chunks: Vec<u32>,
+    /// Fixed-size levels: `addr >> 16` and a byte index need no bounds check;
+    /// only the chunk number does.
+    l0: Box<[u32; L0_SIZE]>,
+    chunks: Vec<[u32; CHUNK]>,
 }
 
 impl std::fmt::Debug for Lpm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Lpm")
-            .field("chunks", &(self.chunks.len() / CHUNK))
+            .field("chunks", &self.chunks.len())
             .finish()
     }
 }
@@ -150,22 +152,28 @@ impl Lpm {
     /// The value of the longest prefix holding `addr`; 0 when none does.
     #[inline(always)]
     pub fn lookup(&self, addr: u32) -> u32 {
-        // SAFETY-free indexing: `addr >> 16` < 65536 = l0.len(); chunk indices
-        // are written only by the builder and always point inside `chunks`.
+        // Chunk numbers are written only by the builder and always point
+        // inside `chunks`; a missing one (never) reads as no route.
         let e = self.l0[(addr >> 16) as usize];
         if e & CHILD == 0 {
             return e;
         }
-        let e = self.chunks[(e & !CHILD) as usize * CHUNK + ((addr >> 8) & 0xff) as usize];
+        let Some(c) = self.chunks.get((e & !CHILD) as usize) else {
+            return 0;
+        };
+        let e = c[((addr >> 8) & 0xff) as usize];
         if e & CHILD == 0 {
             return e;
         }
-        self.chunks[(e & !CHILD) as usize * CHUNK + (addr & 0xff) as usize]
+        match self.chunks.get((e & !CHILD) as usize) {
+            Some(c) => c[(addr & 0xff) as usize],
+            None => 0,
+        }
     }
 
     /// Bytes of memory the trie holds.
     pub fn memory(&self) -> usize {
-        (self.l0.len() + self.chunks.len()) * 4
+        (L0_SIZE + self.chunks.len() * CHUNK) * 4
     }
 }
 
@@ -214,17 +222,20 @@ impl LpmBuilder {
     /// chunk is always created after every shorter prefix covering it was written
     /// (it inherits their value).
     pub fn build(&self) -> Lpm {
-        let mut l0 = vec![0u32; L0_SIZE].into_boxed_slice();
-        let mut chunks: Vec<u32> = Vec::new();
+        let mut l0: Box<[u32; L0_SIZE]> = vec![0u32; L0_SIZE]
+            .into_boxed_slice()
+            .try_into()
+            .expect("a vector of L0_SIZE slots");
+        let mut chunks: Vec<[u32; CHUNK]> = Vec::new();
         let mut order: Vec<(&Prefix, &u32)> = self.prefixes.iter().collect();
         order.sort_by_key(|(p, _)| p.len);
 
-        fn child(chunks: &mut Vec<u32>, slot: &mut u32) -> usize {
+        fn child(chunks: &mut Vec<[u32; CHUNK]>, slot: &mut u32) -> usize {
             if *slot & CHILD != 0 {
                 return (*slot & !CHILD) as usize;
             }
-            let idx = chunks.len() / CHUNK;
-            chunks.extend(std::iter::repeat_n(*slot, CHUNK));
+            let idx = chunks.len();
+            chunks.push([*slot; CHUNK]);
             *slot = CHILD | idx as u32;
             idx
         }
@@ -239,18 +250,18 @@ impl LpmBuilder {
                 }
                 17..=24 => {
                     let c = child(&mut chunks, &mut l0[(a >> 16) as usize]);
-                    let start = c * CHUNK + ((a >> 8) & 0xff) as usize;
+                    let start = ((a >> 8) & 0xff) as usize;
                     let n = 1usize << (24 - p.len);
-                    chunks[start..start + n].fill(v);
+                    chunks[c][start..start + n].fill(v);
                 }
                 _ => {
                     let c1 = child(&mut chunks, &mut l0[(a >> 16) as usize]);
-                    let mut slot = chunks[c1 * CHUNK + ((a >> 8) & 0xff) as usize];
+                    let mut slot = chunks[c1][((a >> 8) & 0xff) as usize];
                     let c2 = child(&mut chunks, &mut slot);
-                    chunks[c1 * CHUNK + ((a >> 8) & 0xff) as usize] = slot;
-                    let start = c2 * CHUNK + (a & 0xff) as usize;
+                    chunks[c1][((a >> 8) & 0xff) as usize] = slot;
+                    let start = (a & 0xff) as usize;
                     let n = 1usize << (32 - p.len);
-                    chunks[start..start + n].fill(v);
+                    chunks[c2][start..start + n].fill(v);
                 }
             }
         }

@@ -34,7 +34,7 @@ const INDEX_MASK: u32 = (1 << KIND_SHIFT) - 1;
 impl NextHop {
     /// Packs into the 31-bit LPM value: kind in bits 27..30, index below. Never 0.
     #[inline]
-    pub fn pack(self) -> u32 {
+    pub const fn pack(self) -> u32 {
         let (k, i) = match self {
             NextHop::Local => (1, 0),
             NextHop::Vxlan(t) => (2, t.0),
@@ -110,6 +110,14 @@ impl RouteTable {
     #[inline(always)]
     pub fn lookup(&self, dst: u32) -> Option<NextHop> {
         NextHop::unpack(self.lpm.lookup(dst))
+    }
+
+    /// The next hop for a destination still packed (see [`NextHop::pack`]; 0:
+    /// no route): equal values are equal next hops, so a caller can reuse
+    /// what it derived from the last one.
+    #[inline(always)]
+    pub fn lookup_packed(&self, dst: u32) -> u32 {
+        self.lpm.lookup(dst)
     }
 
     pub fn lookup_addr(&self, dst: Ipv4Addr) -> Option<NextHop> {

@@ -179,6 +179,58 @@ impl Tunnel {
     }
 }
 
+impl Tunnel {
+    /// [`Tunnel::write_outer`] for a VXLAN entry into a fixed 50-byte area:
+    /// constant offsets, no length checks. False (nothing written) if this
+    /// entry is not VXLAN.
+    #[inline(always)]
+    pub fn write_vxlan(
+        &self,
+        out: &mut [u8; MAX_REWRITE],
+        ip_len: u16,
+        ident: u16,
+        sport: u16,
+    ) -> bool {
+        if self.encap != Encap::Vxlan {
+            return false;
+        }
+        *out = self.rewrite;
+        self.patch_ip(out, ip_len, ident);
+        out[UDP_AT..UDP_AT + 2].copy_from_slice(&sport.to_be_bytes());
+        let ulen = ip_len.wrapping_sub(ipv4::HEADER_LEN as u16);
+        out[UDP_AT + 4..UDP_AT + 6].copy_from_slice(&ulen.to_be_bytes());
+        true
+    }
+
+    /// [`Tunnel::write_outer`] for an IPIP entry into a fixed 34-byte area.
+    /// False (nothing written) if this entry is not IPIP.
+    #[inline(always)]
+    pub fn write_ipip(&self, out: &mut [u8; UDP_AT], ip_len: u16, ident: u16) -> bool {
+        if self.encap != Encap::Ipip {
+            return false;
+        }
+        let r: &[u8; UDP_AT] = self.rewrite.first_chunk().unwrap_or(&[0; UDP_AT]);
+        *out = *r;
+        self.patch_ip(out, ip_len, ident);
+        true
+    }
+
+    /// The Ethernet rewrite of any entry (native output: next hop's MAC,
+    /// uplink MAC, IPv4).
+    #[inline(always)]
+    pub fn eth_rewrite(&self) -> &[u8; eth::HEADER_LEN] {
+        self.rewrite.first_chunk().unwrap_or(&[0; eth::HEADER_LEN])
+    }
+
+    #[inline(always)]
+    fn patch_ip<const N: usize>(&self, out: &mut [u8; N], ip_len: u16, ident: u16) {
+        out[IP_AT + 2..IP_AT + 4].copy_from_slice(&ip_len.to_be_bytes());
+        out[IP_AT + 4..IP_AT + 6].copy_from_slice(&ident.to_be_bytes());
+        let c = !checksum::fold(u64::from(self.ip_sum_base) + u64::from(ip_len) + u64::from(ident));
+        out[IP_AT + 10..IP_AT + 12].copy_from_slice(&c.to_be_bytes());
+    }
+}
+
 /// The tunnel/adjacency entries and the set of addresses tunnel packets are
 /// accepted from (known nodes). Immutable; rebuilt by the control plane.
 #[derive(Debug, Clone, Default)]
@@ -303,6 +355,39 @@ mod tests {
         let nat = Tunnel::native(&n, Ipv4Addr::new(198, 18, 0, 3), None);
         assert!(!nat.is_resolved());
         assert_eq!(nat.rewrite_len(), 14);
+    }
+
+    #[test]
+    fn fixed_writers_match_write_outer() {
+        let n = node();
+        let v = Tunnel::vxlan(
+            &n,
+            Ipv4Addr::new(198, 18, 0, 2),
+            MacAddr([2, 0x5e, 0, 0, 0, 2]),
+            Some(MacAddr([2, 0, 0xc6, 0x12, 0, 2])),
+        );
+        let i = Tunnel::ipip(
+            &n,
+            Ipv4Addr::new(198, 18, 0, 3),
+            Some(MacAddr([2, 0, 0, 0, 0, 3])),
+        );
+        for (len, id, sport) in [
+            (84u16, 1u16, 40000u16),
+            (1500, 0xffff, 61000),
+            (20, 0, 32768),
+        ] {
+            let (mut a, mut b) = ([0u8; 50], [0u8; 50]);
+            v.write_outer(&mut a, len, id, sport);
+            assert!(v.write_vxlan(&mut b, len, id, sport));
+            assert_eq!(a, b);
+            let (mut a, mut b) = ([0u8; 34], [0u8; 34]);
+            i.write_outer(&mut a, len, id, 0);
+            assert!(i.write_ipip(&mut b, len, id));
+            assert_eq!(a, b);
+        }
+        assert!(!i.write_vxlan(&mut [0; 50], 84, 1, 1));
+        assert!(!v.write_ipip(&mut [0; 34], 84, 1));
+        assert_eq!(&v.eth_rewrite()[..], &v.rewrite()[..14]);
     }
 
     #[test]

@@ -32,13 +32,25 @@ pub fn sum20(h: &[u8; 20]) -> u16 {
     fold(w(0) + w(4) + w(8) + w(12) + w(16))
 }
 
-/// Folds a wide one's-complement accumulator to 16 bits.
-#[inline]
-pub fn fold(mut acc: u64) -> u16 {
-    while acc >> 16 != 0 {
-        acc = (acc & 0xffff) + (acc >> 16);
-    }
-    acc as u16
+/// Whether a 20-byte IPv4 header's checksum verifies, i.e. `sum20(h) ==
+/// 0xffff`, computed on native-order words: a one's-complement sum is the
+/// same up to a byte swap whatever the byte order (RFC 1071 2(B)), and 0xffff
+/// is its own swap, so no word needs swapping.
+#[inline(always)]
+pub fn verify20(h: &[u8; 20]) -> bool {
+    let w = |i: usize| u64::from(u32::from_ne_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]));
+    fold(w(0) + w(4) + w(8) + w(12) + w(16)) == 0xffff
+}
+
+/// Folds a wide one's-complement accumulator to 16 bits: 64 to 32 to 16 with
+/// end-around carries, no loop. Zero only for a zero accumulator.
+#[inline(always)]
+pub fn fold(acc: u64) -> u16 {
+    let (s, c) = (acc as u32).overflowing_add((acc >> 32) as u32);
+    // With a carry out, `s` is at most 2^32 - 2: adding it back cannot overflow.
+    let s = s + u32::from(c);
+    let (s, c) = (s as u16).overflowing_add((s >> 16) as u16);
+    s + u16::from(c)
 }
 
 /// One's-complement addition of partial sums.
@@ -91,6 +103,58 @@ mod tests {
         let data = [0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7];
         assert_eq!(sum(&data), 0xddf2);
         assert_eq!(sum(&data[..7]), fold(0x0001 + 0xf203 + 0xf4f5 + 0xf600));
+    }
+
+    #[test]
+    fn fold_matches_repeated_folding() {
+        let slow = |mut a: u64| {
+            while a >> 16 != 0 {
+                a = (a & 0xffff) + (a >> 16);
+            }
+            a as u16
+        };
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for a in [
+            0,
+            1,
+            0xffff,
+            0x1_0000,
+            0x1_fffe,
+            u64::from(u32::MAX),
+            u64::MAX,
+            5 * 0xffff_ffff,
+        ] {
+            assert_eq!(fold(a), slow(a), "{a:#x}");
+        }
+        for _ in 0..10_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            for a in [x, x >> 20, x >> 40, x & 0xffff_ffff] {
+                assert_eq!(fold(a), slow(a), "{a:#x}");
+            }
+        }
+    }
+
+    #[test]
+    fn verify20_matches_sum20() {
+        let mut x: u32 = 0x1234_5679;
+        for _ in 0..20_000 {
+            let mut h: [u8; 20] = std::array::from_fn(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                x as u8
+            });
+            assert_eq!(verify20(&h), sum20(&h) == 0xffff, "{h:?}");
+            // And with a correct checksum filled in.
+            h[10..12].copy_from_slice(&[0, 0]);
+            let c = !sum20(&h);
+            h[10..12].copy_from_slice(&c.to_be_bytes());
+            assert!(verify20(&h), "{h:?}");
+        }
+        assert!(verify20(&[0xff; 20]) == (sum20(&[0xff; 20]) == 0xffff));
+        assert!(!verify20(&[0; 20]));
     }
 
     #[test]

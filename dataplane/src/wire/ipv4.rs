@@ -184,7 +184,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
     pub fn verify_checksum(&self) -> bool {
         let b = self.buffer.as_ref();
         match b.first_chunk::<20>() {
-            Some(h) if self.header_len() == HEADER_LEN => checksum::sum20(h) == 0xffff,
+            Some(h) if self.header_len() == HEADER_LEN => checksum::verify20(h),
             _ => checksum::sum(&b[..self.header_len()]) == 0xffff,
         }
     }
