@@ -287,12 +287,18 @@ fn sigkill_keeps_pods_and_restart_resumes_traffic() {
     // Restart: traffic resumes with no change inside the pod.
     let t = Instant::now();
     a.start();
+    let ready = t.elapsed();
     assert!(
         a1.ping_until(b1.ip, Duration::from_secs(10)),
         "after restart\n{}",
         a.log()
     );
-    eprintln!("traffic resumed {:?} after restart began", t.elapsed());
+    let resumed = t.elapsed();
+    eprintln!(
+        "resume gap: API ready {ready:?} after the restart began, traffic resumed {resumed:?} \
+         after it ({:?} after ready)",
+        resumed - ready
+    );
     assert_eq!(
         a1.ns
             .exec_ok("ip", &["-4", "-o", "addr", "show", "dev", "eth0"]),
@@ -304,6 +310,28 @@ fn sigkill_keeps_pods_and_restart_resumes_traffic() {
     // The same address is not handed to a new pod.
     let a2 = a.add_pod("a2");
     assert_ne!(a2.ip, a1.ip);
+    // The ADD refused during the outage succeeds when the runtime retries it.
+    let out = a.cni(
+        "ADD",
+        "ctr-outage",
+        &format!("/var/run/netns/{}", pod_ns.name()),
+        "eth0",
+        "",
+        &a.cni_config("1.1.0"),
+    );
+    assert_eq!(out.code, 0, "retried ADD: {}{}", out.stdout, out.stderr);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let retried = v["ips"][0]["address"].as_str().unwrap_or_default();
+    for held in [a1.ip, a2.ip] {
+        assert!(
+            !retried.starts_with(&format!("{held}/")),
+            "{retried} reused"
+        );
+    }
+    assert!(pod_ns
+        .exec("ip", &["link", "show", "eth0"])
+        .status
+        .success());
     // SIGTERM: clean stop, TAPs stay.
     assert!(a.stop().is_some_and(|s| s.success()), "{}", a.log());
     assert!(a1.ns.exec("ip", &["link", "show", "eth0"]).status.success());

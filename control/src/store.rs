@@ -10,6 +10,7 @@
 //! | `state.json.tmp`    | the next generation while it is written; removed at open          |
 //! | `state.json.bak.tmp`| a new name for the backup while it is renamed; removed at open    |
 //! | `state.json.corrupt`| a damaged `state.json` set aside when the backup was loaded       |
+//! | `state.json.bak.corrupt` | a damaged backup set aside by [`Store::open_or_rebuild`]     |
 //!
 //! # Seal
 //!
@@ -65,6 +66,7 @@ const BACKUP: &str = "state.json.bak";
 const STATE_TMP: &str = "state.json.tmp";
 const BACKUP_TMP: &str = "state.json.bak.tmp";
 const CORRUPT: &str = "state.json.corrupt";
+const BACKUP_CORRUPT: &str = "state.json.bak.corrupt";
 
 /// One pod attachment as the node remembers it across restarts.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -135,6 +137,10 @@ pub enum LoadOutcome {
     /// `state.json` was missing or damaged and the previous generation was loaded from
     /// `state.json.bak`; the last save may be lost. Log `reason` as a warning.
     RecoveredFromBackup { reason: String },
+    /// Neither file could be loaded and [`Store::open_or_rebuild`] set them aside: the state
+    /// is empty and the caller must rebuild it from what the kernel still shows before it
+    /// hands out any address. Log `reason` as a warning.
+    Rebuild { reason: String },
 }
 
 /// Why the state could not be opened, loaded or saved.
@@ -203,6 +209,26 @@ impl Store {
         node_name: &str,
         pod_cidr: Prefix,
     ) -> Result<(Store, StateFile), StoreError> {
+        Store::open_inner(dir, node_name, pod_cidr, false)
+    }
+
+    /// [`Store::open`], except where it would fail with [`StoreError::Corrupt`]: then the
+    /// damaged files are set aside (`state.json.corrupt`, `state.json.bak.corrupt`) and an
+    /// empty state comes back with [`LoadOutcome::Rebuild`]. `sluiced --recover`.
+    pub fn open_or_rebuild(
+        dir: &Path,
+        node_name: &str,
+        pod_cidr: Prefix,
+    ) -> Result<(Store, StateFile), StoreError> {
+        Store::open_inner(dir, node_name, pod_cidr, true)
+    }
+
+    fn open_inner(
+        dir: &Path,
+        node_name: &str,
+        pod_cidr: Prefix,
+        rebuild: bool,
+    ) -> Result<(Store, StateFile), StoreError> {
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -236,6 +262,25 @@ impl Store {
                     let outcome = LoadOutcome::RecoveredFromBackup { reason };
                     (state, outcome, false)
                 }
+                (backup, _) if rebuild => {
+                    let mut reason = format!(
+                        "{} {}, and {} {}",
+                        state_path.display(),
+                        main.describe(),
+                        backup_path.display(),
+                        backup.describe()
+                    );
+                    for (from, to) in [(&state_path, CORRUPT), (&backup_path, BACKUP_CORRUPT)] {
+                        if from.exists() {
+                            let aside = dir.join(to);
+                            fs::rename(from, &aside)
+                                .map_err(io_err("set aside damaged state file", from))?;
+                            reason.push_str(&format!("; set aside as {}", aside.display()));
+                        }
+                    }
+                    let state = StateFile::new(node_name, pod_cidr);
+                    (state, LoadOutcome::Rebuild { reason }, false)
+                }
                 (backup, _) => {
                     return Err(StoreError::Corrupt {
                         reason: format!(
@@ -244,12 +289,9 @@ impl Store {
                             backup_path.display(),
                             backup.describe()
                         ),
-                        advice: format!(
-                            "move {} and {} aside and start sluiced with --recover to rebuild \
-                             the endpoints from the TAP devices still present",
-                            state_path.display(),
-                            backup_path.display()
-                        ),
+                        advice: "start sluiced once with --recover: it sets both files aside \
+                                 and rebuilds the endpoints from the pod TAP devices still present"
+                            .to_owned(),
                         path: state_path,
                     })
                 }
@@ -667,6 +709,36 @@ mod tests {
                 other => panic!("truncated to {len}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn rebuild_sets_damaged_files_aside_and_starts_empty() {
+        let tmp = tempfile::tempdir().unwrap();
+        let full = two_generations(tmp.path());
+        fs::write(tmp.path().join(STATE), &full[..full.len() / 2]).unwrap();
+        fs::write(tmp.path().join(BACKUP), b"{}").unwrap();
+        assert!(matches!(open(tmp.path()), Err(StoreError::Corrupt { .. })));
+        let (mut store, state) = Store::open_or_rebuild(tmp.path(), "node-a", cidr()).unwrap();
+        match store.outcome() {
+            LoadOutcome::Rebuild { reason } => {
+                assert!(reason.contains("truncated"), "{reason}");
+                assert!(reason.contains(BACKUP_CORRUPT), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(state, StateFile::new("node-a", cidr()));
+        assert_eq!(names(tmp.path()), [LOCK, BACKUP_CORRUPT, CORRUPT]);
+        assert_eq!(fs::read(tmp.path().join(BACKUP_CORRUPT)).unwrap(), b"{}");
+        store.save(&state_with(&[4])).unwrap();
+        drop(store);
+        // The rebuilt state is what the next start loads.
+        let (store, state) = open(tmp.path()).unwrap();
+        assert_eq!(store.outcome(), &LoadOutcome::Loaded);
+        assert_eq!(state.endpoints, [record(4)]);
+        // A valid state is loaded as usual, with nothing set aside.
+        drop(store);
+        let (store, _) = Store::open_or_rebuild(tmp.path(), "node-a", cidr()).unwrap();
+        assert_eq!(store.outcome(), &LoadOutcome::Loaded);
     }
 
     #[test]

@@ -30,6 +30,11 @@ struct Args {
     /// Print a fully commented example configuration and exit.
     #[arg(long)]
     print_example_config: bool,
+    /// If the node state file and its backup are both unusable, set them aside and
+    /// rebuild the node's endpoints from the pod TAP devices still present (each
+    /// carries its record in its alias), then start as usual.
+    #[arg(long)]
+    recover: bool,
 }
 
 fn main() -> ExitCode {
@@ -80,7 +85,10 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let settings = match daemon::Settings::from_resolved(&resolved) {
-        Ok(s) => s,
+        Ok(s) => daemon::Settings {
+            recover: args.recover,
+            ..s
+        },
         Err(e) => {
             eprintln!("sluiced: {}: {e}", args.config.display());
             return ExitCode::from(2);

@@ -38,9 +38,10 @@ pub fn pod_mac(ip: Ipv4Addr) -> MacAddr {
     MacAddr([0x0a, 0x58, o[0], o[1], o[2], o[3]])
 }
 
-/// TAP options for pod ports.
+/// TAP options for pod ports: checksum offload and TCP segmentation offload, so
+/// a pod's TCP hands over 64 KiB superframes that the port segments itself.
 pub fn tap_options() -> TapOptions {
-    TapOptions::new()
+    TapOptions::new().offloads(sluice_dataplane::port::tap::Offloads::TSO4)
 }
 
 /// What a wired pod interface looks like.
@@ -51,10 +52,17 @@ pub struct Wired {
 }
 
 /// Creates the TAP directly inside `netns` under the runtime's interface name
-/// and configures it there. (Creating it in the node's namespace and moving it
+/// and configures it there; last, it gets `alias` (a [`super::recover::TapLabel`]
+/// that `sluiced --recover` reads back), so only a fully wired TAP carries one. (Creating it in the node's namespace and moving it
 /// costs an RTM_SETLINK that waits out an RCU grace period, 15-20 ms.) On
 /// failure, nothing is left: the TAP is deleted.
-pub fn wire(netns: &str, ifname: &str, ip: Ipv4Addr, mtu: u32) -> Result<Wired, PodNetError> {
+pub fn wire(
+    netns: &str,
+    ifname: &str,
+    ip: Ipv4Addr,
+    mtu: u32,
+    alias: &str,
+) -> Result<Wired, PodNetError> {
     let ns = NetNs::open(netns).map_err(|source| PodNetError::Netns {
         path: netns.to_owned(),
         source,
@@ -75,7 +83,7 @@ pub fn wire(netns: &str, ifname: &str, ip: Ipv4Addr, mtu: u32) -> Result<Wired, 
         path: netns.to_owned(),
         source,
     })??;
-    match configure(&ns, netns, ifname, ip, mtu) {
+    match configure(&ns, netns, ifname, ip, mtu, alias) {
         Ok(mac) => Ok(Wired { tap, mac }),
         Err(e) => {
             let _ = tap.delete();
@@ -90,6 +98,7 @@ fn configure(
     ifname: &str,
     ip: Ipv4Addr,
     mtu: u32,
+    alias: &str,
 ) -> Result<MacAddr, PodNetError> {
     let link_err = |what: &'static str| {
         let (ifname, netns) = (ifname.to_owned(), netns.to_owned());
@@ -108,6 +117,7 @@ fn configure(
     pod_nl
         .configure_pod_link(idx, ip)
         .map_err(link_err("address and routes"))?;
+    pod_nl.set_alias(idx, alias).map_err(link_err("alias"))?;
     Ok(mac)
 }
 

@@ -17,10 +17,10 @@ use std::os::fd::{AsFd, AsRawFd};
 
 use netlink_packet_core::{
     NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE,
-    NLM_F_REPLACE, NLM_F_REQUEST,
+    NLM_F_DUMP, NLM_F_REPLACE, NLM_F_REQUEST,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressScope};
-use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
     RouteType,
@@ -108,6 +108,50 @@ impl RouteV4 {
     /// `default via GW dev IFINDEX onlink`.
     pub fn default_via(gateway: Ipv4Addr, ifindex: u32) -> RouteV4 {
         RouteV4::via(Ipv4Addr::UNSPECIFIED, 0, gateway, ifindex)
+    }
+}
+
+/// Longest link alias the kernel keeps (`IFALIASZ` less its NUL).
+pub const MAX_ALIAS_LEN: usize = 255;
+
+/// One link as [`Netlink::links`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkSummary {
+    pub index: u32,
+    pub name: String,
+    /// `IFLA_IFALIAS`, when set.
+    pub alias: Option<String>,
+    /// The link-layer address, when it is a MAC.
+    pub mac: Option<[u8; 6]>,
+    /// The link's kind as `ip -d link` names it (`"tun"` for TUN/TAP devices).
+    pub kind: Option<String>,
+}
+
+impl LinkSummary {
+    fn from_message(l: &LinkMessage) -> LinkSummary {
+        let mut s = LinkSummary {
+            index: l.header.index,
+            name: String::new(),
+            alias: None,
+            mac: None,
+            kind: None,
+        };
+        for attr in &l.attributes {
+            match attr {
+                LinkAttribute::IfName(n) => s.name.clone_from(n),
+                LinkAttribute::IfAlias(a) => s.alias = Some(a.clone()),
+                LinkAttribute::Address(a) => s.mac = <[u8; 6]>::try_from(a.as_slice()).ok(),
+                LinkAttribute::LinkInfo(infos) => {
+                    for info in infos {
+                        if let LinkInfo::Kind(k) = info {
+                            s.kind = Some(k.to_string());
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        s
     }
 }
 
@@ -329,6 +373,46 @@ impl Netlink {
         self.add_route_v4(&RouteV4::default_via(POD_GATEWAY, ifindex))
     }
 
+    /// Sets the link's alias (`IFLA_IFALIAS`, `ip link set dev X alias TEXT`): free
+    /// text the kernel keeps with the link, at most [`MAX_ALIAS_LEN`] bytes.
+    pub fn set_alias(&mut self, ifindex: u32, alias: &str) -> Result<(), LinkError> {
+        const OP: &str = "set link alias";
+        if alias.len() > MAX_ALIAS_LEN || alias.contains('\0') {
+            return Err(LinkError::Request {
+                op: OP,
+                target: format!("ifindex {ifindex}"),
+                source: io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "alias of {} bytes: expected at most {MAX_ALIAS_LEN} without NUL",
+                        alias.len()
+                    ),
+                ),
+            });
+        }
+        let mut msg = link_msg(ifindex);
+        msg.attributes
+            .push(LinkAttribute::IfAlias(alias.to_owned()));
+        self.set_link(OP, ifindex, msg)
+    }
+
+    /// Every link of the socket's namespace (`ip link show`).
+    pub fn links(&mut self) -> Result<Vec<LinkSummary>, LinkError> {
+        let mut out = Vec::new();
+        self.request(
+            "list links",
+            "all links",
+            RouteNetlinkMessage::GetLink(LinkMessage::default()),
+            NLM_F_DUMP,
+            |reply| {
+                if let RouteNetlinkMessage::NewLink(l) = reply {
+                    out.push(LinkSummary::from_message(&l));
+                }
+            },
+        )?;
+        Ok(out)
+    }
+
     fn set_link(
         &mut self,
         op: &'static str,
@@ -473,6 +557,16 @@ mod tests {
             nl.rename(1, "a/b"),
             Err(LinkError::InvalidName { .. })
         ));
+    }
+
+    #[test]
+    fn link_dump_lists_loopback_and_long_aliases_are_refused() {
+        let mut nl = Netlink::open().unwrap();
+        let links = nl.links().unwrap();
+        let lo = links.iter().find(|l| l.index == 1).expect("lo listed");
+        assert_eq!(lo.name, "lo");
+        let e = nl.set_alias(1, &"x".repeat(MAX_ALIAS_LEN + 1)).unwrap_err();
+        assert!(e.to_string().contains("at most 255"), "{e}");
     }
 
     #[test]
