@@ -10,6 +10,7 @@ use std::os::fd::RawFd;
 
 use crate::buf::{Batch, Pool};
 
+pub mod gso;
 pub mod packet;
 pub mod tap;
 pub mod xdp;

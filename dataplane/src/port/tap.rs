@@ -6,10 +6,17 @@
 //! over frames whose TCP/UDP checksum is only partial (`TUN_F_CSUM`); [`Tap`]
 //! completes them in software so the pipeline only ever sees valid frames.
 //!
-//! GSO superframes (`TUN_F_TSO*`) are not segmented yet: they are off unless asked
-//! for in [`TapOptions::offloads`]. When on, a superframe that fits a buffer is
-//! passed on whole and counted in [`TapStats::rx_gso`]; one longer than a buffer is
-//! dropped like any oversize frame.
+//! With TCP segmentation offload (`TUN_F_TSO4`, asked for in
+//! [`TapOptions::offloads`]) the pod's TCP hands over superframes of up to 64 KiB
+//! in one `read(2)` instead of one MSS-sized frame each. The part that does not fit
+//! the pool buffer runs on into a scratch buffer of the port, and [`super::gso`]
+//! cuts the superframe into MSS-sized frames with valid checksums in ordinary pool
+//! buffers, which enter the pipeline together (a 64 KiB superframe is ~45 packets
+//! of one batch). When the batch or the pool runs out halfway, the rest of the
+//! superframe waits in the port and comes first on the next
+//! [`Port::rx_burst`](crate::port::Port::rx_burst): nothing is lost. A superframe
+//! that cannot be cut (bad headers, a GSO type other than TCPv4, segments longer
+//! than a buffer) is dropped whole and counted in [`TapStats`].
 //!
 //! The kernel interfaces themselves (ioctls, namespaces) are in [`crate::sys`].
 
@@ -19,7 +26,8 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use nix::errno::Errno;
 use nix::sys::uio::{readv, writev};
 
-use crate::buf::{Batch, Packet, Pool};
+use crate::buf::{Batch, Packet, Pool, SIZE_CLASSES};
+use crate::port::gso::{GsoError, Tcp4Gso};
 use crate::port::Port;
 use crate::sys::netns::{in_netns, NetNs};
 pub use crate::sys::tun::Offloads;
@@ -105,8 +113,19 @@ pub struct TapStats {
     pub rx_bad_vnet: u64,
     /// Partial checksums completed in software (included in `rx_frames`).
     pub rx_csum_completed: u64,
-    /// GSO superframes passed on unsegmented (included in `rx_frames`).
+    /// GSO superframes received and cut into segments.
     pub rx_gso: u64,
+    /// Segments made from them (included in `rx_frames`).
+    pub rx_gso_segments: u64,
+    /// Superframes dropped whole: headers that are not Ethernet/IPv4/TCP or are
+    /// malformed, or segments longer than a buffer (the reason is in
+    /// `rx_gso_last_error`).
+    pub rx_gso_bad: u64,
+    /// Superframes dropped whole because their GSO type is not TCPv4 (UDP, IPv6:
+    /// never negotiated, so a kernel that sends them is misbehaving).
+    pub rx_gso_unsupported: u64,
+    /// Why the last superframe counted in `rx_gso_bad` was dropped.
+    pub rx_gso_last_error: Option<GsoError>,
     /// Frames the kernel took.
     pub tx_frames: u64,
     /// Frames refused because the device queue was full or the link down.
@@ -119,6 +138,11 @@ pub struct TapStats {
 /// Ethernet header, with some to spare.
 const SCRATCH_LEN: usize = 64 * 1024 + 1024;
 
+/// Scratch bytes in front of where a read runs on into it: a superframe's first
+/// part (in the pool buffer, at most this long for buffers up to the 9408-byte
+/// class) is copied there, so the whole superframe lies in one slice.
+const SCRATCH_PREFIX: usize = SIZE_CLASSES[2];
+
 const ZERO_VNET_HDR: [u8; VnetHdr::LEN] = [0; VnetHdr::LEN];
 
 /// An open TAP device. Dropping it closes the fd; a persistent device stays (and
@@ -130,7 +154,23 @@ pub struct Tap {
     offloads: Offloads,
     persist: bool,
     scratch: Box<[u8]>,
+    /// A superframe not yet fully cut into segments.
+    pending: Option<PendingGso>,
     stats: TapStats,
+}
+
+/// Where a superframe being segmented lies.
+enum GsoSource {
+    /// Whole in a pool buffer (it was short, or buffers are large).
+    Packet(Packet),
+    /// In `Tap::scratch[start..start + len]`.
+    Scratch { start: usize, len: usize },
+}
+
+struct PendingGso {
+    gso: Tcp4Gso,
+    next: usize,
+    src: GsoSource,
 }
 
 impl std::fmt::Debug for Tap {
@@ -149,6 +189,9 @@ impl std::fmt::Debug for Tap {
 
 enum Rx {
     Frame,
+    /// A superframe to segment: in the packet read into (`None`) or in the
+    /// scratch buffer (`Some((start, len))`).
+    Gso(Tcp4Gso, Option<(usize, usize)>),
     Dropped,
     Empty,
 }
@@ -217,7 +260,8 @@ impl Tap {
             vnet_hdr: opts.vnet_hdr,
             offloads: Offloads::NONE,
             persist: false,
-            scratch: vec![0u8; SCRATCH_LEN].into_boxed_slice(),
+            scratch: vec![0u8; SCRATCH_PREFIX + SCRATCH_LEN].into_boxed_slice(),
+            pending: None,
             stats: TapStats::default(),
         };
         if opts.vnet_hdr {
@@ -292,19 +336,18 @@ impl Tap {
         tun::hw_addr(self.fd.as_fd())
     }
 
-    /// Reads one frame into `p`.
+    /// Reads one frame into `p`. A frame longer than `p` runs on into the scratch
+    /// buffer, where only a GSO superframe is kept (and joined with its first part).
     fn read_frame(&mut self, p: &mut Packet) -> io::Result<Rx> {
         let mut hdr = [0u8; VnetHdr::LEN];
         let hdr_len = if self.vnet_hdr { VnetHdr::LEN } else { 0 };
         let area = p.rx_area();
         let room = area.len();
         let n = loop {
-            // A frame longer than the buffer runs on into the scratch space, so it is
-            // consumed whole and dropped.
             let mut iov = [
                 IoSliceMut::new(&mut hdr[..hdr_len]),
                 IoSliceMut::new(area),
-                IoSliceMut::new(&mut self.scratch),
+                IoSliceMut::new(&mut self.scratch[SCRATCH_PREFIX..]),
             ];
             match readv(&self.fd, &mut iov) {
                 Ok(n) => break n,
@@ -318,27 +361,118 @@ impl Tap {
             return Ok(Rx::Dropped);
         }
         let len = n - hdr_len;
+        let h = if self.vnet_hdr {
+            VnetHdr::parse(&hdr)
+        } else {
+            VnetHdr::default()
+        };
+        if h.is_gso() {
+            return Ok(self.take_superframe(p, &h, len, room));
+        }
         if len > room {
             self.stats.rx_oversize += 1;
             return Ok(Rx::Dropped);
         }
         p.set_received(len);
-        if self.vnet_hdr {
-            let h = VnetHdr::parse(&hdr);
-            if h.is_gso() {
-                // The checksum stays partial: segmentation will finish it per segment.
-                self.stats.rx_gso += 1;
-            } else if h.flags & VnetHdr::F_NEEDS_CSUM != 0 {
-                let (start, offset) = (usize::from(h.csum_start), usize::from(h.csum_offset));
-                if !complete_checksum(p.data_mut(), start, offset) {
-                    self.stats.rx_bad_vnet += 1;
-                    return Ok(Rx::Dropped);
-                }
-                self.stats.rx_csum_completed += 1;
+        if h.flags & VnetHdr::F_NEEDS_CSUM != 0 {
+            let (start, offset) = (usize::from(h.csum_start), usize::from(h.csum_offset));
+            if !complete_checksum(p.data_mut(), start, offset) {
+                self.stats.rx_bad_vnet += 1;
+                return Ok(Rx::Dropped);
             }
+            self.stats.rx_csum_completed += 1;
         }
         self.stats.rx_frames += 1;
         Ok(Rx::Frame)
+    }
+
+    /// Checks a superframe of `len` bytes just read into `p` (`room` bytes) and
+    /// on into the scratch buffer, and says where it lies. Its checksum stays
+    /// partial: segmentation computes each segment's in full.
+    fn take_superframe(&mut self, p: &mut Packet, h: &VnetHdr, len: usize, room: usize) -> Rx {
+        self.stats.rx_gso += 1;
+        if h.gso_type & !VnetHdr::GSO_ECN != VnetHdr::GSO_TCPV4 {
+            self.stats.rx_gso_unsupported += 1;
+            return Rx::Dropped;
+        }
+        let at = if len <= room {
+            p.set_received(len);
+            None
+        } else if room <= SCRATCH_PREFIX && len - room <= SCRATCH_LEN {
+            // Join the first part to the rest: a copy of one buffer, not of 64 KiB.
+            let start = SCRATCH_PREFIX - room;
+            self.scratch[start..SCRATCH_PREFIX].copy_from_slice(p.rx_area());
+            Some((start, len))
+        } else {
+            // Longer than this port can hold: only with buffers over 9 KiB and a
+            // superframe longer than them, which TAP never delivers.
+            self.stats.rx_oversize += 1;
+            return Rx::Dropped;
+        };
+        let frame = match at {
+            None => p.data(),
+            Some((start, len)) => &self.scratch[start..start + len],
+        };
+        let checked = Tcp4Gso::parse(frame, h.gso_size).and_then(|g| {
+            let (need, room) = (g.max_segment_len(), p.capacity());
+            if need > room {
+                return Err(GsoError::SegmentTooLong { len: need, room });
+            }
+            Ok(g)
+        });
+        match checked {
+            Ok(g) => Rx::Gso(g, at),
+            Err(e) => {
+                self.stats.rx_gso_bad += 1;
+                self.stats.rx_gso_last_error = Some(e);
+                Rx::Dropped
+            }
+        }
+    }
+
+    /// Cuts segments off the pending superframe into `batch` until it is done,
+    /// `limit` packets were added, the batch is full or the pool is empty; then
+    /// the rest waits for the next call. Returns how many were added.
+    fn segment_pending(&mut self, pool: &mut Pool, batch: &mut Batch, limit: usize) -> usize {
+        let Some(pend) = self.pending.as_mut() else {
+            return 0;
+        };
+        let frame = match &pend.src {
+            GsoSource::Packet(p) => p.data(),
+            GsoSource::Scratch { start, len } => &self.scratch[*start..*start + *len],
+        };
+        let mut got = 0;
+        while pend.next < pend.gso.count() && got < limit && !batch.is_full() {
+            let Some(mut p) = pool.alloc() else { break };
+            match pend.gso.write_segment(frame, pend.next, p.rx_area()) {
+                Ok(n) => {
+                    p.set_received(n);
+                    batch.push(p);
+                    got += 1;
+                    pend.next += 1;
+                }
+                Err(e) => {
+                    // Checked when the superframe arrived, so only a pool holding
+                    // buffers of another size gets here. The rest is dropped, counted.
+                    pool.free(p);
+                    self.stats.rx_gso_bad += 1;
+                    self.stats.rx_gso_last_error = Some(e);
+                    pend.next = pend.gso.count();
+                }
+            }
+        }
+        self.stats.rx_frames += got as u64;
+        self.stats.rx_gso_segments += got as u64;
+        if pend.next >= pend.gso.count() {
+            if let Some(PendingGso {
+                src: GsoSource::Packet(p),
+                ..
+            }) = self.pending.take()
+            {
+                pool.free(p);
+            }
+        }
+        got
     }
 
     /// Writes one frame, behind a zeroed virtio-net header if the device wants one:
@@ -405,14 +539,26 @@ impl Port for Tap {
     }
 
     fn rx_burst(&mut self, pool: &mut Pool, batch: &mut Batch, max: usize) -> io::Result<usize> {
-        let mut got = 0;
-        while got < max && !batch.is_full() {
+        // The rest of a superframe from the last call goes first, in order.
+        let mut got = self.segment_pending(pool, batch, max);
+        while self.pending.is_none() && got < max && !batch.is_full() {
             // Pool empty: the frames wait in the device queue until buffers return.
             let Some(mut p) = pool.alloc() else { break };
             match self.read_frame(&mut p) {
                 Ok(Rx::Frame) => {
                     batch.push(p);
                     got += 1;
+                }
+                Ok(Rx::Gso(gso, at)) => {
+                    let src = match at {
+                        None => GsoSource::Packet(p),
+                        Some((start, len)) => {
+                            pool.free(p);
+                            GsoSource::Scratch { start, len }
+                        }
+                    };
+                    self.pending = Some(PendingGso { gso, next: 0, src });
+                    got += self.segment_pending(pool, batch, max - got);
                 }
                 Ok(Rx::Dropped) => pool.free(p),
                 Ok(Rx::Empty) => {

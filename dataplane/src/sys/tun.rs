@@ -198,9 +198,17 @@ impl Offloads {
         uso4: false,
         uso6: false,
     };
-    /// Partial checksums only: the default, since segmentation is not done yet.
+    /// Partial checksums only.
     pub const CSUM: Offloads = Offloads {
         csum: true,
+        ..Offloads::NONE
+    };
+    /// Partial checksums and IPv4 TCP superframes (with ECN): what the TAP port
+    /// segments itself (`port::gso`).
+    pub const TSO4: Offloads = Offloads {
+        csum: true,
+        tso4: true,
+        tso_ecn: true,
         ..Offloads::NONE
     };
 
@@ -396,6 +404,18 @@ mod tests {
         assert_eq!(Offloads::from_bits(all.bits()), all);
         assert!(all.any_segmentation());
         assert!(!Offloads::CSUM.any_segmentation());
+        assert!(Offloads::TSO4.any_segmentation());
+        assert_eq!(
+            Offloads::TSO4.bits(),
+            TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO_ECN
+        );
+        assert_eq!(
+            Offloads::TSO4.fallbacks()[2],
+            Offloads {
+                tso_ecn: false,
+                ..Offloads::TSO4
+            }
+        );
         let f = all.fallbacks();
         assert_eq!(f[0], all);
         assert_eq!(f[3], Offloads::CSUM);

@@ -1,0 +1,521 @@
+//! TCP segmentation in software for IPv4 superframes (GSO), the way the kernel's
+//! `tcp_gso_segment` and VPP's `gso` node do it.
+//!
+//! A TAP with TSO negotiated hands over one Ethernet/IPv4/TCP frame of up to
+//! 64 KiB whose payload is to be cut into `gso_size` pieces. Each segment gets a
+//! copy of the headers (IPv4 and TCP options included) with:
+//! - IPv4 total length of the segment, ID advanced by one per segment, header
+//!   checksum recomputed;
+//! - TCP sequence number advanced by the payload before it; FIN and PSH only on
+//!   the last segment, CWR only on the first;
+//! - the full TCP checksum (pseudo-header and segment), so every segment is a
+//!   valid frame whatever the superframe's checksum field held (it is partial).
+//!
+//! Pure functions over byte slices: [`Tcp4Gso::parse`] validates the headers
+//! once, then [`Tcp4Gso::write_segment`] writes any segment into a buffer. The
+//! port decides where the buffers come from and can stop and resume between
+//! segments.
+
+use std::net::Ipv4Addr;
+
+use crate::wire::checksum;
+
+/// Bytes of the Ethernet header (no VLAN tag: pods send untagged frames).
+pub const ETH_LEN: usize = 14;
+const ETHERTYPE_IPV4: u16 = 0x0800;
+const PROTO_TCP: u8 = 6;
+const IPV4_MIN: usize = 20;
+const TCP_MIN: usize = 20;
+
+/// The most segments one superframe may turn into. A 64 KiB superframe with
+/// the smallest MSS the kernel uses (536 bytes) is 123; more means a bogus
+/// `gso_size` that would flood the pipeline with tiny frames.
+pub const MAX_SEGMENTS: usize = 1024;
+
+// TCP flag bits in byte 13 of the header.
+const TCP_FIN: u8 = 0x01;
+const TCP_PSH: u8 = 0x08;
+const TCP_CWR: u8 = 0x80;
+
+/// Why a superframe cannot be segmented. The port drops it whole and counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum GsoError {
+    #[error("superframe of {len} bytes is shorter than its headers: expected at least {need}")]
+    Truncated { len: usize, need: usize },
+    #[error("ethertype {ethertype:#06x}: expected IPv4 (0x0800)")]
+    NotIpv4 { ethertype: u16 },
+    #[error("IPv4 version/IHL byte {byte:#04x}: expected version 4 and IHL 5 to 15")]
+    BadIpv4Header { byte: u8 },
+    #[error("IPv4 total length {total}: expected {min} to {avail} (headers to frame end)")]
+    BadTotalLength {
+        total: usize,
+        min: usize,
+        avail: usize,
+    },
+    #[error("IP protocol {proto}: expected TCP (6)")]
+    NotTcp { proto: u8 },
+    #[error("IPv4 flags/fragment offset {frag:#06x}: expected an unfragmented packet")]
+    Fragment { frag: u16 },
+    #[error("TCP data offset {words} words: expected 5 to 15")]
+    BadTcpHeader { words: u8 },
+    #[error("GSO segment size {gso_size} for {payload} payload bytes: expected 1 or more and at most {MAX_SEGMENTS} segments")]
+    BadSegmentSize { gso_size: u16, payload: usize },
+    #[error("segment of {len} bytes does not fit a {room}-byte buffer")]
+    SegmentTooLong { len: usize, room: usize },
+    #[error("segment {index} of a superframe of {count} segments")]
+    NoSuchSegment { index: usize, count: usize },
+}
+
+/// The validated layout of one IPv4/TCP superframe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tcp4Gso {
+    ip_hdr_len: usize,
+    tcp_hdr_len: usize,
+    /// End of the IPv4 packet in the frame (bytes after it are padding).
+    end: usize,
+    gso_size: usize,
+    count: usize,
+    ip_id: u16,
+    seq: u32,
+    flags: u8,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+}
+
+impl Tcp4Gso {
+    /// Checks the Ethernet, IPv4 and TCP headers of `frame` and how `gso_size`
+    /// cuts its payload. A frame with no payload is one segment (headers only).
+    pub fn parse(frame: &[u8], gso_size: u16) -> Result<Tcp4Gso, GsoError> {
+        let need = ETH_LEN + IPV4_MIN;
+        let truncated = |need| GsoError::Truncated {
+            len: frame.len(),
+            need,
+        };
+        let Some(fixed) = frame.first_chunk::<{ ETH_LEN + IPV4_MIN }>() else {
+            return Err(truncated(need));
+        };
+        let ethertype = u16::from_be_bytes([fixed[12], fixed[13]]);
+        if ethertype != ETHERTYPE_IPV4 {
+            return Err(GsoError::NotIpv4 { ethertype });
+        }
+        let ip = &fixed[ETH_LEN..];
+        let ihl = usize::from(ip[0] & 0x0f) * 4;
+        if ip[0] >> 4 != 4 || ihl < IPV4_MIN {
+            return Err(GsoError::BadIpv4Header { byte: ip[0] });
+        }
+        if ip[9] != PROTO_TCP {
+            return Err(GsoError::NotTcp { proto: ip[9] });
+        }
+        let frag = u16::from_be_bytes([ip[6], ip[7]]);
+        // DF (0x4000) is fine; MF or an offset is a fragment.
+        if frag & 0x3fff != 0 {
+            return Err(GsoError::Fragment { frag });
+        }
+        let tcp_at = ETH_LEN + ihl;
+        if frame.len() < tcp_at + TCP_MIN {
+            return Err(truncated(tcp_at + TCP_MIN));
+        }
+        let words = frame[tcp_at + 12] >> 4;
+        let tcp_hdr_len = usize::from(words) * 4;
+        if tcp_hdr_len < TCP_MIN {
+            return Err(GsoError::BadTcpHeader { words });
+        }
+        let hdrs = tcp_at + tcp_hdr_len;
+        if frame.len() < hdrs {
+            return Err(truncated(hdrs));
+        }
+        let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+        let avail = frame.len() - ETH_LEN;
+        let min = ihl + tcp_hdr_len;
+        if total < min || total > avail {
+            return Err(GsoError::BadTotalLength { total, min, avail });
+        }
+        let end = ETH_LEN + total;
+        let payload = end - hdrs;
+        if gso_size == 0 || payload.div_ceil(usize::from(gso_size)) > MAX_SEGMENTS {
+            return Err(GsoError::BadSegmentSize { gso_size, payload });
+        }
+        let t = &frame[tcp_at..];
+        Ok(Tcp4Gso {
+            ip_hdr_len: ihl,
+            tcp_hdr_len,
+            end,
+            gso_size: usize::from(gso_size),
+            count: payload.div_ceil(usize::from(gso_size)).max(1),
+            ip_id: u16::from_be_bytes([ip[4], ip[5]]),
+            seq: u32::from_be_bytes([t[4], t[5], t[6], t[7]]),
+            flags: t[13],
+            src: Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]),
+            dst: Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]),
+        })
+    }
+
+    /// How many segments the superframe makes.
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// Ethernet, IPv4 and TCP header bytes, copied into every segment.
+    pub fn header_len(&self) -> usize {
+        ETH_LEN + self.ip_hdr_len + self.tcp_hdr_len
+    }
+
+    /// TCP payload bytes in the whole superframe.
+    pub fn payload_len(&self) -> usize {
+        self.end - self.header_len()
+    }
+
+    /// The longest segment (the first): what each output buffer must hold.
+    pub fn max_segment_len(&self) -> usize {
+        self.header_len() + self.payload_len().min(self.gso_size)
+    }
+
+    /// Writes segment `index` (from 0) of the superframe `frame` (the one given to
+    /// [`Tcp4Gso::parse`]) into the front of `out`; returns its length.
+    pub fn write_segment(
+        &self,
+        frame: &[u8],
+        index: usize,
+        out: &mut [u8],
+    ) -> Result<usize, GsoError> {
+        if index >= self.count {
+            return Err(GsoError::NoSuchSegment {
+                index,
+                count: self.count,
+            });
+        }
+        let hdrs = self.header_len();
+        let from = hdrs + index * self.gso_size;
+        let to = (from + self.gso_size).min(self.end);
+        let len = hdrs + (to - from);
+        // `frame` is the parsed one, so `end` is within it; a different, shorter
+        // frame is refused rather than read past.
+        let (Some(head), Some(body)) = (frame.get(..hdrs), frame.get(from..to)) else {
+            return Err(GsoError::Truncated {
+                len: frame.len(),
+                need: self.end,
+            });
+        };
+        let Some(seg) = out.get_mut(..len) else {
+            return Err(GsoError::SegmentTooLong {
+                len,
+                room: out.len(),
+            });
+        };
+        seg[..hdrs].copy_from_slice(head);
+        seg[hdrs..].copy_from_slice(body);
+
+        let ip_at = ETH_LEN;
+        let tcp_at = ip_at + self.ip_hdr_len;
+        // IPv4: length, ID, header checksum.
+        let ip_total = (len - ETH_LEN) as u16;
+        seg[ip_at + 2..ip_at + 4].copy_from_slice(&ip_total.to_be_bytes());
+        let id = self.ip_id.wrapping_add(index as u16);
+        seg[ip_at + 4..ip_at + 6].copy_from_slice(&id.to_be_bytes());
+        seg[ip_at + 10..ip_at + 12].fill(0);
+        let ip_csum = checksum::checksum(&seg[ip_at..tcp_at]);
+        seg[ip_at + 10..ip_at + 12].copy_from_slice(&ip_csum.to_be_bytes());
+
+        // TCP: sequence number, flags, checksum.
+        let seq = self
+            .seq
+            .wrapping_add((index as u32).wrapping_mul(self.gso_size as u32));
+        seg[tcp_at + 4..tcp_at + 8].copy_from_slice(&seq.to_be_bytes());
+        let mut flags = self.flags;
+        if index + 1 < self.count {
+            flags &= !(TCP_FIN | TCP_PSH);
+        }
+        if index > 0 {
+            flags &= !TCP_CWR;
+        }
+        seg[tcp_at + 13] = flags;
+        seg[tcp_at + 16..tcp_at + 18].fill(0);
+        let tcp_len = (len - tcp_at) as u16;
+        let pseudo = checksum::pseudo_header(self.src, self.dst, PROTO_TCP, tcp_len);
+        let sum = checksum::fold(u64::from(pseudo) + u64::from(checksum::sum(&seg[tcp_at..])));
+        seg[tcp_at + 16..tcp_at + 18].copy_from_slice(&(!sum).to_be_bytes());
+        Ok(len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etherparse::{IpNumber, Ipv4Header, Ipv4Options, PacketBuilder, SlicedPacket, TcpHeader};
+
+    const SRC: [u8; 4] = [198, 19, 1, 2];
+    const DST: [u8; 4] = [198, 19, 2, 3];
+
+    fn payload(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i * 7 + i / 251) as u8).collect()
+    }
+
+    /// A superframe the way the kernel hands it over: one IPv4/TCP packet with
+    /// the whole payload and the flags of the send (PSH, maybe FIN and CWR).
+    fn superframe(data: &[u8], ip_options: &[u8], tcp_options: &[u8], flags: u8) -> Vec<u8> {
+        let mut tcp = TcpHeader::new(40000, 5201, 0xffff_f000, 64240);
+        tcp.acknowledgment_number = 77;
+        tcp.ack = true;
+        tcp.psh = flags & TCP_PSH != 0;
+        tcp.fin = flags & TCP_FIN != 0;
+        tcp.cwr = flags & TCP_CWR != 0;
+        tcp.set_options_raw(tcp_options).unwrap();
+        let mut ip = Ipv4Header::new(0, 64, IpNumber::TCP, SRC, DST).unwrap();
+        ip.identification = 0xfffe;
+        ip.dont_fragment = true;
+        ip.options = Ipv4Options::try_from(ip_options).unwrap();
+        let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ip(etherparse::IpHeaders::Ipv4(ip, Default::default()))
+            .tcp_header(tcp);
+        let mut v = Vec::new();
+        b.write(&mut v, data).unwrap();
+        // As the kernel leaves it: checksum partial, nothing to rely on.
+        let tcp_at = ETH_LEN + 20 + ip_options.len();
+        v[tcp_at + 16] = 0x12;
+        v[tcp_at + 17] = 0x34;
+        v
+    }
+
+    /// Segments `frame` and checks every segment with etherparse; returns the
+    /// payloads joined.
+    fn check_all(frame: &[u8], gso_size: u16, flags: u8) -> (Vec<u8>, usize) {
+        let g = Tcp4Gso::parse(frame, gso_size).unwrap();
+        let mut joined = Vec::new();
+        let mut out = vec![0u8; 65536];
+        let first = SlicedPacket::from_ethernet(frame).unwrap();
+        let Some(etherparse::NetSlice::Ipv4(ip0)) = first.net else {
+            panic!("not ipv4")
+        };
+        let Some(etherparse::TransportSlice::Tcp(t0)) = first.transport else {
+            panic!("not tcp")
+        };
+        for i in 0..g.count() {
+            let n = g.write_segment(frame, i, &mut out).unwrap();
+            let seg = &out[..n];
+            assert!(n <= g.max_segment_len());
+            let sp = SlicedPacket::from_ethernet(seg).unwrap();
+            let Some(etherparse::NetSlice::Ipv4(ip)) = sp.net else {
+                panic!("segment {i} not ipv4")
+            };
+            let Some(etherparse::TransportSlice::Tcp(tcp)) = sp.transport else {
+                panic!("segment {i} not tcp")
+            };
+            let ih = ip.header().to_header();
+            assert_eq!(usize::from(ih.total_len), n - ETH_LEN);
+            assert_eq!(ih.header_checksum, ih.calc_header_checksum(), "segment {i}");
+            assert_eq!(
+                ih.identification,
+                ip0.header().identification().wrapping_add(i as u16)
+            );
+            assert_eq!(&ih.options[..], ip0.header().options());
+            assert!(ih.dont_fragment);
+            let th = tcp.to_header();
+            let data = tcp.payload();
+            assert_eq!(
+                th.sequence_number,
+                t0.sequence_number()
+                    .wrapping_add((i * usize::from(gso_size)) as u32)
+            );
+            assert_eq!(th.acknowledgment_number, 77);
+            assert_eq!(th.options.as_slice(), t0.options());
+            assert_eq!(
+                th.checksum,
+                th.calc_checksum_ipv4(&ih, data).unwrap(),
+                "segment {i}"
+            );
+            let last = i + 1 == g.count();
+            assert_eq!(th.psh, last && flags & TCP_PSH != 0, "segment {i}");
+            assert_eq!(th.fin, last && flags & TCP_FIN != 0, "segment {i}");
+            assert_eq!(th.cwr, i == 0 && flags & TCP_CWR != 0, "segment {i}");
+            assert!(th.ack);
+            if !last {
+                assert_eq!(data.len(), usize::from(gso_size));
+            }
+            joined.extend_from_slice(data);
+        }
+        (joined, g.count())
+    }
+
+    #[test]
+    fn a_64k_superframe_becomes_valid_mss_segments() {
+        let data = payload(65535 - 20 - 32);
+        let f = superframe(&data, &[], &[1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2], TCP_PSH);
+        let (joined, count) = check_all(&f, 1448, TCP_PSH);
+        assert_eq!(joined, data);
+        assert_eq!(count, data.len().div_ceil(1448));
+        assert_eq!(count, 46);
+    }
+
+    #[test]
+    fn odd_tails_and_sizes() {
+        for (len, mss) in [
+            (1, 1448),
+            (1448, 1448),
+            (1449, 1448),
+            (2 * 1398 + 1, 1398),
+            (10_001, 536),
+            (1000, 1),
+            (3000, 3000),
+        ] {
+            let data = payload(len);
+            let f = superframe(&data, &[], &[], TCP_PSH | TCP_FIN | TCP_CWR);
+            let (joined, count) = check_all(&f, mss, TCP_PSH | TCP_FIN | TCP_CWR);
+            assert_eq!(joined, data, "len {len} mss {mss}");
+            assert_eq!(count, len.div_ceil(usize::from(mss)));
+        }
+    }
+
+    #[test]
+    fn ip_and_tcp_options_are_copied_into_every_segment() {
+        // Record route (7) with room for two addresses, then NOP padding.
+        let ip_opts = [7, 11, 4, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+        let data = payload(5000);
+        let f = superframe(&data, &ip_opts, &[1, 1, 1, 1], TCP_PSH);
+        let (joined, count) = check_all(&f, 1400, TCP_PSH);
+        assert_eq!(joined, data);
+        assert_eq!(count, 4);
+        let g = Tcp4Gso::parse(&f, 1400).unwrap();
+        assert_eq!(g.header_len(), 14 + 32 + 24);
+    }
+
+    #[test]
+    fn headers_only_is_one_segment() {
+        let f = superframe(&[], &[], &[], TCP_FIN);
+        let (joined, count) = check_all(&f, 1448, TCP_FIN);
+        assert!(joined.is_empty());
+        assert_eq!(count, 1);
+    }
+
+    #[test]
+    fn trailing_padding_is_not_payload() {
+        let data = payload(3000);
+        let mut f = superframe(&data, &[], &[], 0);
+        f.extend_from_slice(&[0xee; 7]);
+        let (joined, _) = check_all(&f, 1448, 0);
+        assert_eq!(joined, data);
+    }
+
+    #[test]
+    fn sequence_numbers_wrap() {
+        // The builder starts at 0xffff_f000: the third segment crosses 2^32.
+        let data = payload(5000);
+        let f = superframe(&data, &[], &[], 0);
+        let (joined, _) = check_all(&f, 2000, 0);
+        assert_eq!(joined, data);
+    }
+
+    #[test]
+    fn a_short_buffer_is_refused_not_overrun() {
+        let data = payload(3000);
+        let f = superframe(&data, &[], &[], 0);
+        let g = Tcp4Gso::parse(&f, 1448).unwrap();
+        let mut out = [0u8; 100];
+        assert_eq!(
+            g.write_segment(&f, 0, &mut out),
+            Err(GsoError::SegmentTooLong {
+                len: 54 + 1448,
+                room: 100
+            })
+        );
+        assert_eq!(
+            g.write_segment(&f, 3, &mut out),
+            Err(GsoError::NoSuchSegment { index: 3, count: 3 })
+        );
+        assert!(matches!(
+            g.write_segment(&f[..100], 1, &mut [0u8; 2000]),
+            Err(GsoError::Truncated { .. })
+        ));
+    }
+
+    #[test]
+    fn bad_headers_are_named() {
+        let data = payload(3000);
+        let good = superframe(&data, &[], &[], 0);
+        let with = |i: usize, b: u8| {
+            let mut f = good.clone();
+            f[i] = b;
+            f
+        };
+        let cases: Vec<(Vec<u8>, u16, GsoError)> = vec![
+            (
+                good[..20].to_vec(),
+                1448,
+                GsoError::Truncated { len: 20, need: 34 },
+            ),
+            (
+                good[..40].to_vec(),
+                1448,
+                GsoError::Truncated { len: 40, need: 54 },
+            ),
+            (
+                with(12, 0x86),
+                1448,
+                GsoError::NotIpv4 { ethertype: 0x8600 },
+            ),
+            (with(14, 0x65), 1448, GsoError::BadIpv4Header { byte: 0x65 }),
+            (with(14, 0x44), 1448, GsoError::BadIpv4Header { byte: 0x44 }),
+            (with(23, 17), 1448, GsoError::NotTcp { proto: 17 }),
+            (with(20, 0x60), 1448, GsoError::Fragment { frag: 0x6000 }),
+            (with(46, 0x40), 1448, GsoError::BadTcpHeader { words: 4 }),
+            (
+                with(46, 0xf0)[..60].to_vec(),
+                1448,
+                GsoError::Truncated { len: 60, need: 94 },
+            ),
+            (
+                with(16, 0xff),
+                1448,
+                GsoError::BadTotalLength {
+                    total: 0xffe0,
+                    min: 40,
+                    avail: 3040,
+                },
+            ),
+            (
+                good.clone(),
+                0,
+                GsoError::BadSegmentSize {
+                    gso_size: 0,
+                    payload: 3000,
+                },
+            ),
+            (
+                good.clone(),
+                2,
+                GsoError::BadSegmentSize {
+                    gso_size: 2,
+                    payload: 3000,
+                },
+            ),
+        ];
+        for (f, mss, want) in cases {
+            assert_eq!(Tcp4Gso::parse(&f, mss), Err(want));
+        }
+    }
+
+    #[test]
+    fn no_input_panics() {
+        // Every prefix and every single-byte corruption of a small superframe.
+        let f = superframe(&payload(300), &[1, 1, 1, 0], &[1, 1, 1, 1], TCP_PSH);
+        let mut out = vec![0u8; 2048];
+        let mut run = |f: &[u8]| {
+            for mss in [0u16, 1, 7, 100, 1448, u16::MAX] {
+                if let Ok(g) = Tcp4Gso::parse(f, mss) {
+                    for i in 0..=g.count() {
+                        let _ = g.write_segment(f, i, &mut out);
+                    }
+                }
+            }
+        };
+        for n in 0..=f.len() {
+            run(&f[..n]);
+        }
+        for i in 0..f.len() {
+            for b in [0u8, 0x0f, 0x45, 0x4f, 0xf0, 0xff] {
+                let mut g = f.clone();
+                g[i] = b;
+                run(&g);
+            }
+        }
+    }
+}
