@@ -1,4 +1,5 @@
-//! Kubernetes objects as Sluice reads them: Nodes, Namespaces, Pods and NetworkPolicies, from
+//! Kubernetes objects as Sluice reads them: Nodes, Namespaces, Pods, NetworkPolicies and
+//! AdminNetworkPolicies (policy.networking.k8s.io/v1alpha1), from
 //! YAML or JSON files (`sluicectl apply -f`, fixtures) or an API watch.
 //!
 //! [`parse_documents`] turns text into typed [`Object`]s, checking the envelope (apiVersion,
@@ -20,6 +21,8 @@ use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::Resource;
+
+use crate::policy::admin::{self, AdminNetworkPolicy};
 use serde::de::{self, DeserializeOwned, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -47,10 +50,17 @@ pub enum Kind {
     Namespace,
     Pod,
     NetworkPolicy,
+    AdminNetworkPolicy,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 4] = [Kind::Node, Kind::Namespace, Kind::Pod, Kind::NetworkPolicy];
+    pub const ALL: [Kind; 5] = [
+        Kind::Node,
+        Kind::Namespace,
+        Kind::Pod,
+        Kind::NetworkPolicy,
+        Kind::AdminNetworkPolicy,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -58,6 +68,7 @@ impl Kind {
             Kind::Namespace => Namespace::KIND,
             Kind::Pod => Pod::KIND,
             Kind::NetworkPolicy => NetworkPolicy::KIND,
+            Kind::AdminNetworkPolicy => admin::KIND,
         }
     }
 
@@ -68,6 +79,7 @@ impl Kind {
             Kind::Namespace => Namespace::API_VERSION,
             Kind::Pod => Pod::API_VERSION,
             Kind::NetworkPolicy => NetworkPolicy::API_VERSION,
+            Kind::AdminNetworkPolicy => admin::API_VERSION,
         }
     }
 
@@ -168,6 +180,7 @@ pub enum Object {
     Namespace(Namespace),
     Pod(Pod),
     NetworkPolicy(NetworkPolicy),
+    AdminNetworkPolicy(Box<AdminNetworkPolicy>),
 }
 
 impl Object {
@@ -177,6 +190,7 @@ impl Object {
             Object::Namespace(_) => Kind::Namespace,
             Object::Pod(_) => Kind::Pod,
             Object::NetworkPolicy(_) => Kind::NetworkPolicy,
+            Object::AdminNetworkPolicy(_) => Kind::AdminNetworkPolicy,
         }
     }
 
@@ -186,6 +200,7 @@ impl Object {
             Object::Namespace(o) => &o.metadata,
             Object::Pod(o) => &o.metadata,
             Object::NetworkPolicy(o) => &o.metadata,
+            Object::AdminNetworkPolicy(o) => &o.metadata,
         }
     }
 
@@ -251,7 +266,7 @@ pub enum K8sError {
     #[error("{at}: missing {field}")]
     MissingField { at: Origin, field: String },
     #[error(
-        "{at}: unknown kind {kind:?}: supported kinds are Node, Namespace, Pod, NetworkPolicy"
+        "{at}: unknown kind {kind:?}: supported kinds are Node, Namespace, Pod, NetworkPolicy, AdminNetworkPolicy"
     )]
     UnknownKind { at: DocRef, kind: String },
     #[error("{at}: apiVersion {api_version:?} is wrong for kind {kind}: expected {:?}", kind.api_version())]
@@ -622,6 +637,10 @@ fn object_from_map(at: DocRef, map: Map<String, Value>) -> Result<Object, K8sErr
         Kind::NetworkPolicy => {
             Object::NetworkPolicy(typed(at, &key, value, &["metadata", "spec"])?)
         }
+        // Sluice's own type refuses unknown fields everywhere.
+        Kind::AdminNetworkPolicy => {
+            Object::AdminNetworkPolicy(Box::new(typed(at, &key, value, &["metadata"])?))
+        }
     })
 }
 
@@ -714,6 +733,33 @@ mod tests {
     }
 
     #[test]
+    fn admin_network_policies_load_strictly() {
+        let ok = "apiVersion: policy.networking.k8s.io/v1alpha1\nkind: AdminNetworkPolicy\n\
+                  metadata: {name: deny-z}\nspec:\n  priority: 10\n  subject: {namespaces: {}}\n  \
+                  ingress:\n  - {action: Deny, from: [{namespaces: {matchLabels: {ns: z}}}]}\n";
+        let objs = parse_documents(ok).unwrap();
+        assert_eq!(objs[0].kind(), Kind::AdminNetworkPolicy);
+        // Cluster-scoped: no namespace in the key.
+        assert_eq!(objs[0].key().namespace, None);
+        let Object::AdminNetworkPolicy(a) = &objs[0] else {
+            panic!("{:?}", objs[0])
+        };
+        assert_eq!(crate::policy::admin::parse_admin(a).unwrap().priority, 10);
+        let typo = ok.replace("subject", "subjet");
+        let e = parse_documents(&typo).unwrap_err().to_string();
+        assert!(
+            e.contains("subjet") && e.contains("AdminNetworkPolicy deny-z"),
+            "{e}"
+        );
+        let wrong = ok.replace("v1alpha1", "v1");
+        let e = parse_documents(&wrong).unwrap_err().to_string();
+        assert!(
+            e.contains("expected \"policy.networking.k8s.io/v1alpha1\""),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn multi_document_yaml() {
         let all = format!("{NODES}\n---\n{NAMESPACES}\n---\n{PODS}\n---\n{POLICIES}");
         let objs = parse_documents(&all).unwrap();
@@ -796,7 +842,7 @@ mod tests {
         let cases: Vec<(String, &str)> = vec![
             (
                 format!("{ns}---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: d}}\n"),
-                "document 2: unknown kind \"Deployment\": supported kinds are Node, Namespace, Pod, NetworkPolicy",
+                "document 2: unknown kind \"Deployment\": supported kinds are Node, Namespace, Pod, NetworkPolicy, AdminNetworkPolicy",
             ),
             (format!("{ns}---\nkind: Pod\nmetadata: {{name: p}}\n"), "document 2: missing apiVersion"),
             (format!("{ns}---\n{ns}---\napiVersion: v1\nmetadata: {{name: p}}\n"), "document 3: missing kind"),
@@ -966,6 +1012,7 @@ mod tests {
                         Object::Pod(p) => { let _ = PodInfo::from_pod(p); }
                         Object::Namespace(n) => { let _ = NamespaceInfo::from_namespace(n); }
                         Object::NetworkPolicy(_) => {}
+                        Object::AdminNetworkPolicy(a) => { let _ = crate::policy::admin::parse_admin(a); }
                     }
                 }
             }

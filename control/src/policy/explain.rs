@@ -70,6 +70,37 @@ pub struct Side {
     /// The first rule (in key and index order) that allowed the flow; `None`
     /// when not isolated or denied.
     pub rule: Option<RuleRef>,
+    /// The AdminNetworkPolicy rule that matched first, if any: an `Allow` or
+    /// `Deny` there decides the side whatever NetworkPolicy says; a `Pass`
+    /// leaves it to NetworkPolicy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<AdminRef>,
+}
+
+/// An AdminNetworkPolicy rule that matched.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminRef {
+    pub policy: String,
+    pub direction: String,
+    pub index: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Allow, Deny or Pass.
+    pub action: String,
+}
+
+impl std::fmt::Display for AdminRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "AdminNetworkPolicy {} {}[{}]",
+            self.policy, self.direction, self.index
+        )?;
+        if let Some(n) = &self.name {
+            write!(f, " ({n})")?;
+        }
+        write!(f, ": {}", self.action)
+    }
 }
 
 /// The answer to an explain request.
@@ -102,6 +133,14 @@ impl std::fmt::Display for Explanation {
         for (name, s) in [("egress", &self.egress), ("ingress", &self.ingress)] {
             let who = s.pod.as_ref().map_or("-".to_owned(), |p| p.to_string());
             let verdict = match (&s.rule, s.isolated, s.allowed) {
+                _ if s.admin.as_ref().is_some_and(|a| a.action != "Pass") => {
+                    let a = s.admin.as_ref().map(|a| a.to_string()).unwrap_or_default();
+                    if s.allowed {
+                        format!("allowed by {a}")
+                    } else {
+                        format!("denied by {a}")
+                    }
+                }
                 (_, false, _) => "allowed (not isolated)".to_owned(),
                 (Some(r), _, _) => format!("allowed by {r}"),
                 (None, true, _) => "denied (isolated, no rule allows it)".to_owned(),
@@ -180,8 +219,29 @@ impl Compiler {
                 isolated: false,
                 allowed: true,
                 rule: None,
+                admin: None,
             };
         };
+        let direction = if egress { "egress" } else { "ingress" };
+        let dst = if egress { other } else { me };
+        let ns_labels = self.namespace_labels(&key.namespace);
+        let admin = self
+            .admin_in_order()
+            .into_iter()
+            .filter(|a| a.selects(&ns_labels, &info.labels))
+            .find_map(|a| {
+                let rules = if egress { &a.egress } else { &a.ingress };
+                let i = rules
+                    .iter()
+                    .position(|r| self.rule_allows(&r.rule, other, dst, proto, port))?;
+                Some(AdminRef {
+                    policy: a.name.clone(),
+                    direction: direction.to_owned(),
+                    index: i,
+                    name: rules[i].name.clone(),
+                    action: rules[i].action.as_str().to_owned(),
+                })
+            });
         let mut policies = Vec::new();
         let mut rule = None;
         for p in self.policies_in(&key.namespace) {
@@ -207,12 +267,18 @@ impl Compiler {
             }
         }
         let isolated = !policies.is_empty();
+        let allowed = match admin.as_ref().map(|a| a.action.as_str()) {
+            Some("Allow") => true,
+            Some("Deny") => false,
+            _ => !isolated || rule.is_some(),
+        };
         Side {
             pod: Some(key.clone()),
-            allowed: !isolated || rule.is_some(),
+            allowed,
             isolated,
             policies,
             rule,
+            admin,
         }
     }
 

@@ -28,6 +28,7 @@
 //! to another pod, published in the snapshot so that the workers' connection
 //! tables drop the old pod's connections (see `sluice_dataplane::policy`).
 
+pub mod admin;
 mod explain;
 mod model;
 mod selector;
@@ -49,15 +50,22 @@ use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use sluice_dataplane::policy::{
     EndpointPolicy, PeerRule, PolicyTables, PolicyTablesBuilder, PortSet, RuleSet, RuleSetId,
+    TieredRule,
 };
+
+use admin::{AdminError, AdminNetworkPolicy, AdminPolicy};
 use sluice_dataplane::table::Prefix;
 
-pub use explain::{Explanation, RuleRef, Side, Target};
+pub use explain::{AdminRef, Explanation, RuleRef, Side, Target};
 pub use model::{
     default_namespace_labels, namespace_info, parse_policy, pod_info, NamedPort, Namespaces, Peer,
     PodInfo, PodKey, Policy, PolicyError, PolicyKey, Port, Rule, NAMESPACE_NAME_LABEL,
 };
 pub use selector::{Labels, Requirement, Selector, SelectorError};
+
+/// What a rule set with admin tiers is compiled from: the admin rules and
+/// the NetworkPolicy rules (`None`: not isolated).
+type AdminKey = (Vec<TieredRule>, Option<Vec<PeerRule>>);
 
 /// What identifies a compiled result: pods with equal identities get the
 /// same rules.
@@ -105,6 +113,10 @@ pub struct Compiler {
     next_generation: u32,
     cache: HashMap<String, HashMap<Identity, Compiled>>,
     rule_sets: HashMap<Vec<PeerRule>, Arc<RuleSet>>,
+    /// AdminNetworkPolicies by name.
+    admin: BTreeMap<String, Arc<AdminPolicy>>,
+    /// Rule sets with admin tiers, by (admin rules, NetworkPolicy rules).
+    admin_sets: HashMap<AdminKey, Arc<RuleSet>>,
     isolate_unknown: bool,
     stats: Stats,
 }
@@ -144,6 +156,13 @@ impl Compiler {
             self.namespaces.insert(name, labels);
             return;
         }
+        if !self.admin.is_empty() {
+            // Admin subjects and peers select namespaces by label anywhere
+            // in the cluster: recompile everything (label changes are rare).
+            self.cache.clear();
+            self.namespaces.insert(name, labels);
+            return;
+        }
         let affected: Vec<Arc<Policy>> = self
             .policies
             .values()
@@ -164,6 +183,70 @@ impl Compiler {
             self.invalidate_selected(&p);
         }
         self.namespaces.insert(name, labels);
+    }
+
+    /// Adds or replaces an AdminNetworkPolicy. Admin policies select pods in
+    /// any namespace, so every compiled result is recomputed at the next
+    /// build (they change rarely).
+    pub fn upsert_admin_policy(&mut self, anp: &AdminNetworkPolicy) -> Result<(), AdminError> {
+        let a = admin::parse_admin(anp)?;
+        self.admin.insert(a.name.clone(), Arc::new(a));
+        self.cache.clear();
+        Ok(())
+    }
+
+    pub fn remove_admin_policy(&mut self, name: &str) {
+        if self.admin.remove(name).is_some() {
+            self.cache.clear();
+        }
+    }
+
+    /// The AdminNetworkPolicies in evaluation order (priority, then name).
+    fn admin_in_order(&self) -> Vec<&Arc<AdminPolicy>> {
+        let mut v: Vec<&Arc<AdminPolicy>> = self.admin.values().collect();
+        v.sort_by(|a, b| (a.priority, &a.name).cmp(&(b.priority, &b.name)));
+        v
+    }
+
+    /// The admin rules of an identity, per direction, ranked in evaluation
+    /// order.
+    fn expand_admin(
+        &self,
+        ns: &str,
+        labels: &Labels,
+        own_ports: &[NamedPort],
+    ) -> (Vec<TieredRule>, Vec<TieredRule>) {
+        let (mut ingress, mut egress) = (Vec::new(), Vec::new());
+        if self.admin.is_empty() {
+            return (ingress, egress);
+        }
+        let ns_labels = self.namespace_labels(ns);
+        let mut rank = 0u32;
+        for a in self.admin_in_order() {
+            if !a.selects(&ns_labels, labels) {
+                continue;
+            }
+            for (rules, out, egress_dir) in [
+                (&a.ingress, &mut ingress, false),
+                (&a.egress, &mut egress, true),
+            ] {
+                for r in rules {
+                    let mut peer_rules = Vec::new();
+                    if egress_dir {
+                        self.expand_egress(&r.rule, &mut peer_rules);
+                    } else {
+                        self.expand_ingress(&r.rule, own_ports, &mut peer_rules);
+                    }
+                    out.extend(peer_rules.into_iter().map(|rule| TieredRule {
+                        rank,
+                        action: r.action,
+                        rule,
+                    }));
+                    rank += 1;
+                }
+            }
+        }
+        (ingress, egress)
     }
 
     pub fn upsert_pod(&mut self, pod: &Pod) -> Result<(), PolicyError> {
@@ -309,6 +392,26 @@ impl Compiler {
             return;
         }
         let ns_labels = self.namespace_labels(&key.namespace);
+        let admin_peer = self.admin.values().any(|a| {
+            a.ingress.iter().chain(&a.egress).any(|r| {
+                r.rule.peers.iter().flatten().any(|peer| match peer {
+                    Peer::Pods { namespaces, pods } => {
+                        namespaces.matches(&key.namespace, &ns_labels)
+                            && [old, new]
+                                .into_iter()
+                                .flatten()
+                                .any(|p| pods.matches(&p.labels))
+                    }
+                    _ => false,
+                })
+            })
+        });
+        if admin_peer {
+            // An admin rule names this pod as a peer: its subjects may be
+            // anywhere, so recompile everything.
+            self.cache.clear();
+            return;
+        }
         let views: Vec<(&Labels, Option<Ipv4Addr>)> = [old, new]
             .into_iter()
             .flatten()
@@ -415,6 +518,7 @@ impl Compiler {
             !ids.is_empty()
         });
         self.rule_sets.retain(|_, rs| Arc::strong_count(rs) > 1);
+        self.admin_sets.retain(|_, rs| Arc::strong_count(rs) > 1);
         Arc::new(b.build())
     }
 
@@ -425,15 +529,43 @@ impl Compiler {
         }
         self.stats.identities_compiled += 1;
         let (ingress, egress) = self.expand(ns, &id.labels, &id.ports);
+        let (admin_in, admin_out) = self.expand_admin(ns, &id.labels, &id.ports);
         let c = Compiled {
-            ingress: ingress.map(|r| self.rule_set(r)),
-            egress: egress.map(|r| self.rule_set(r)),
+            ingress: self.tiered(admin_in, ingress),
+            egress: self.tiered(admin_out, egress),
         };
         self.cache
             .entry(ns.to_owned())
             .or_default()
             .insert(id.clone(), c.clone());
         c
+    }
+
+    /// One direction's rule set: NetworkPolicy alone (`None` when not
+    /// isolated), or admin tiers in front of it.
+    fn tiered(
+        &mut self,
+        mut admin: Vec<TieredRule>,
+        np: Option<Vec<PeerRule>>,
+    ) -> Option<Arc<RuleSet>> {
+        if admin.is_empty() {
+            return np.map(|r| self.rule_set(r));
+        }
+        admin.sort_unstable();
+        admin.dedup();
+        let np = np.map(|mut r| {
+            r.sort_unstable();
+            r.dedup();
+            r
+        });
+        let key = (admin, np);
+        if let Some(rs) = self.admin_sets.get(&key) {
+            return Some(rs.clone());
+        }
+        self.stats.rule_sets_compiled += 1;
+        let rs = Arc::new(RuleSet::with_admin(&key.0, key.1.as_deref()));
+        self.admin_sets.insert(key, rs.clone());
+        Some(rs)
     }
 
     fn rule_set(&mut self, mut rules: Vec<PeerRule>) -> Arc<RuleSet> {

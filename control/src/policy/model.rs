@@ -110,6 +110,8 @@ pub enum PolicyError {
     },
     #[error("NetworkPolicy {policy}: a peer must set podSelector and/or namespaceSelector, or ipBlock alone")]
     Peer { policy: PolicyKey },
+    #[error(transparent)]
+    Admin(#[from] super::admin::AdminError),
 }
 
 /// A pod as the compiler needs it.

@@ -127,6 +127,23 @@ impl World {
         }
     }
 
+    /// Applies an AdminNetworkPolicy named `name` with this spec on both nodes.
+    pub fn apply_admin(&mut self, name: &str, spec: Value) {
+        let anp: super::admin::AdminNetworkPolicy = serde_json::from_value(json!({
+            "apiVersion": super::admin::API_VERSION, "kind": super::admin::KIND,
+            "metadata": {"name": name}, "spec": spec}))
+        .expect("test admin policy");
+        for c in &mut self.compilers {
+            c.upsert_admin_policy(&anp).expect("admin policy");
+        }
+    }
+
+    pub fn delete_admin(&mut self, name: &str) {
+        for c in &mut self.compilers {
+            c.remove_admin_policy(name);
+        }
+    }
+
     pub fn delete(&mut self, ns: &str, name: &str) {
         for c in &mut self.compilers {
             c.remove_policy(&PolicyKey::new(ns, name));

@@ -734,3 +734,206 @@ fn not_in_selectors() {
         z/c XXX X.. XXX",
     );
 }
+
+// ---- AdminNetworkPolicy: evaluated before NetworkPolicy ----
+
+#[test]
+fn admin_deny_beats_an_open_cluster() {
+    let mut w = cluster();
+    w.apply_admin(
+        "no-z-into-x",
+        json!({"priority": 10, "subject": {"namespaces": {"matchLabels": {"ns": "x"}}},
+               "ingress": [{"name": "deny-z", "action": "Deny",
+                            "from": [{"namespaces": {"matchLabels": {"ns": "z"}}}]}]}),
+    );
+    w.expect(
+        ALL,
+        "
+        x/a XXX XXX XXX
+        x/b XXX XXX XXX
+        x/c XXX XXX XXX
+        y/a XXX XXX XXX
+        y/b XXX XXX XXX
+        y/c XXX XXX XXX
+        z/a ... XXX XXX
+        z/b ... XXX XXX
+        z/c ... XXX XXX",
+    );
+    // Deleting it opens the cluster again.
+    w.delete_admin("no-z-into-x");
+    w.expect(ALL, OPEN);
+}
+
+#[test]
+fn admin_allow_beats_a_network_policy_deny() {
+    let mut w = cluster();
+    w.apply(&netpol(
+        "y",
+        "deny-ingress",
+        json!({"podSelector": {}, "policyTypes": ["Ingress"]}),
+    ));
+    w.apply_admin(
+        "monitoring",
+        json!({"priority": 5, "subject": {"namespaces": {"matchLabels": {"ns": "y"}}},
+               "ingress": [{"action": "Allow", "from": [{"pods": {
+                   "namespaceSelector": {"matchLabels": {"ns": "x"}},
+                   "podSelector": {"matchLabels": {"pod": "a"}}}}]}]}),
+    );
+    w.expect(
+        ALL,
+        "
+        x/a XXX XXX XXX
+        x/b XXX ... XXX
+        x/c XXX ... XXX
+        y/a XXX ... XXX
+        y/b XXX ... XXX
+        y/c XXX ... XXX
+        z/a XXX ... XXX
+        z/b XXX ... XXX
+        z/c XXX ... XXX",
+    );
+    // explain names the admin rule that decided, and the NetworkPolicy
+    // verdict where no admin rule matched.
+    let c = &w.compilers[0];
+    let tcp = sluice_dataplane::policy::Protocol::Tcp;
+    let to: super::Target = "y/b".parse().unwrap();
+    let x = c.explain(&"x/a".parse().unwrap(), &to, 80, tcp);
+    assert!(x.allowed, "{x}");
+    let admin = x.ingress.admin.as_ref().expect("admin rule");
+    assert_eq!(
+        (admin.policy.as_str(), admin.action.as_str()),
+        ("monitoring", "Allow")
+    );
+    assert!(
+        x.to_string()
+            .contains("allowed by AdminNetworkPolicy monitoring ingress[0]"),
+        "{x}"
+    );
+    let x = c.explain(&"x/b".parse().unwrap(), &to, 80, tcp);
+    assert!(!x.allowed && x.ingress.admin.is_none(), "{x}");
+}
+
+#[test]
+fn admin_pass_defers_to_network_policy_and_priorities_order_policies() {
+    let mut w = cluster();
+    // x admits only y (NetworkPolicy).
+    w.apply(&netpol(
+        "x",
+        "from-y",
+        json!({"podSelector": {}, "ingress": [{"from": [
+            {"namespaceSelector": {"matchLabels": {"ns": "y"}}}]}]}),
+    ));
+    // Priority 2 denies everything into every pod; priority 1 passes y's
+    // traffic to NetworkPolicy first. Written in the other order on purpose.
+    w.apply_admin(
+        "a-deny-all",
+        json!({"priority": 2, "subject": {"namespaces": {}},
+               "ingress": [{"action": "Deny", "from": [{"namespaces": {}}]}]}),
+    );
+    w.apply_admin(
+        "b-pass-y",
+        json!({"priority": 1, "subject": {"namespaces": {}},
+               "ingress": [{"action": "Pass", "from": [{"namespaces": {"matchLabels": {"ns": "y"}}}]}]}),
+    );
+    w.expect(
+        ALL,
+        "
+        x/a ... ... ...
+        x/b ... ... ...
+        x/c ... ... ...
+        y/a XXX XXX XXX
+        y/b XXX XXX XXX
+        y/c XXX XXX XXX
+        z/a ... ... ...
+        z/b ... ... ...
+        z/c ... ... ...",
+    );
+    // Swapping the priorities: the deny now comes first and wins.
+    w.apply_admin(
+        "b-pass-y",
+        json!({"priority": 3, "subject": {"namespaces": {}},
+               "ingress": [{"action": "Pass", "from": [{"namespaces": {"matchLabels": {"ns": "y"}}}]}]}),
+    );
+    w.expect(
+        ALL,
+        "
+        x/a ... ... ...
+        x/b ... ... ...
+        x/c ... ... ...
+        y/a ... ... ...
+        y/b ... ... ...
+        y/c ... ... ...
+        z/a ... ... ...
+        z/b ... ... ...
+        z/c ... ... ...",
+    );
+}
+
+#[test]
+fn admin_egress_by_port_and_rule_order() {
+    let mut w = cluster();
+    // x/a may not reach y on TCP 80; the later Allow does not undo it.
+    w.apply_admin(
+        "xa-egress",
+        json!({"priority": 7, "subject": {"pods": {
+                   "namespaceSelector": {"matchLabels": {"ns": "x"}},
+                   "podSelector": {"matchLabels": {"pod": "a"}}}},
+               "egress": [
+                   {"action": "Deny", "to": [{"namespaces": {"matchLabels": {"ns": "y"}}}],
+                    "ports": [{"portNumber": {"protocol": "TCP", "port": 80}}]},
+                   {"action": "Allow", "to": [{"networks": ["198.19.0.0/16"]}]}]}),
+    );
+    w.expect(
+        &["80/TCP"],
+        "
+        x/a XXX ... XXX
+        x/b XXX XXX XXX
+        x/c XXX XXX XXX
+        y/a XXX XXX XXX
+        y/b XXX XXX XXX
+        y/c XXX XXX XXX
+        z/a XXX XXX XXX
+        z/b XXX XXX XXX
+        z/c XXX XXX XXX",
+    );
+    w.expect(&["81/TCP", "80/UDP", "81/UDP"], OPEN);
+}
+
+#[test]
+fn admin_named_ports_resolve_per_pod() {
+    let mut w = cluster();
+    // `web` is TCP 80 on pods a, TCP 81 on pods b, absent on pods c.
+    w.apply_admin(
+        "no-web-in-z",
+        json!({"priority": 0, "subject": {"namespaces": {"matchLabels": {"ns": "z"}}},
+               "ingress": [{"action": "Deny", "from": [{"namespaces": {}}],
+                            "ports": [{"namedPort": "web"}]}]}),
+    );
+    w.expect(
+        &["80/TCP"],
+        "
+        x/a XXX XXX .XX
+        x/b XXX XXX .XX
+        x/c XXX XXX .XX
+        y/a XXX XXX .XX
+        y/b XXX XXX .XX
+        y/c XXX XXX .XX
+        z/a XXX XXX .XX
+        z/b XXX XXX .XX
+        z/c XXX XXX .XX",
+    );
+    w.expect(
+        &["81/TCP"],
+        "
+        x/a XXX XXX X.X
+        x/b XXX XXX X.X
+        x/c XXX XXX X.X
+        y/a XXX XXX X.X
+        y/b XXX XXX X.X
+        y/c XXX XXX X.X
+        z/a XXX XXX X.X
+        z/b XXX XXX X.X
+        z/c XXX XXX X.X",
+    );
+    w.expect(&["80/UDP", "81/UDP"], OPEN);
+}

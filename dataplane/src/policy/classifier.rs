@@ -119,10 +119,15 @@ impl PortRange {
 
 /// The ports a peer class may reach: either everything (every protocol, ICMP
 /// included: a rule without `ports`), or per protocol a sorted list of disjoint,
-/// non-adjacent ranges. Two sets with the same meaning compare equal.
+/// non-adjacent ranges, plus whether protocols without ports (ICMP, ...) are
+/// in. Two sets with the same meaning compare equal: a set that covers every
+/// port of every protocol and the portless ones is always `any`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub struct PortSet {
     any: bool,
+    /// Protocols other than TCP, UDP and SCTP (only AdminNetworkPolicy's set
+    /// arithmetic makes this differ from `any`).
+    other: bool,
     ranges: [Box<[PortRange]>; 3],
 }
 
@@ -166,6 +171,7 @@ impl PortSet {
             return PortSet::all();
         }
         let mut out = PortSet::none();
+        out.other = self.other || other.other;
         for p in Protocol::ALL {
             let i = p.index();
             if other.ranges[i].is_empty() {
@@ -181,7 +187,34 @@ impl PortSet {
                 out.ranges[i] = normalise(v);
             }
         }
-        out
+        out.canonical()
+    }
+
+    /// What this set allows and `other` does not.
+    pub fn difference(&self, other: &PortSet) -> PortSet {
+        if other.any {
+            return PortSet::none();
+        }
+        let mut out = PortSet::none();
+        out.other = (self.any || self.other) && !other.other;
+        for p in Protocol::ALL {
+            let i = p.index();
+            let mine: &[PortRange] = if self.any {
+                &[PortRange::ALL]
+            } else {
+                &self.ranges[i]
+            };
+            out.ranges[i] = subtract(mine, &other.ranges[i]);
+        }
+        out.canonical()
+    }
+
+    /// Everything on every protocol written out, folded back into `any`.
+    fn canonical(mut self) -> PortSet {
+        if !self.any && self.other && self.ranges.iter().all(|r| r[..] == [PortRange::ALL]) {
+            self = PortSet::all();
+        }
+        self
     }
 
     /// Whether a packet of IP protocol `proto` to `port` is allowed.
@@ -194,7 +227,7 @@ impl PortSet {
             PROTO_TCP => &self.ranges[0],
             PROTO_UDP => &self.ranges[1],
             PROTO_SCTP => &self.ranges[2],
-            _ => return false,
+            _ => return self.other,
         };
         matches!(r.get(below(r, port)), Some(x) if x.start <= port)
     }
@@ -221,6 +254,37 @@ fn below(r: &[PortRange], port: u16) -> usize {
     } else {
         r.partition_point(|x| x.end < port)
     }
+}
+
+/// `a` minus `b`, both sorted and disjoint.
+fn subtract(a: &[PortRange], b: &[PortRange]) -> Box<[PortRange]> {
+    let mut out = Vec::with_capacity(a.len());
+    for r in a {
+        let (mut lo, hi) = (u32::from(r.start), u32::from(r.end));
+        for h in b {
+            let (hs, he) = (u32::from(h.start), u32::from(h.end));
+            if he < lo || hs > hi {
+                continue;
+            }
+            if hs > lo {
+                out.push(PortRange {
+                    start: lo as u16,
+                    end: (hs - 1) as u16,
+                });
+            }
+            lo = he + 1;
+            if lo > hi {
+                break;
+            }
+        }
+        if lo <= hi {
+            out.push(PortRange {
+                start: lo as u16,
+                end: hi as u16,
+            });
+        }
+    }
+    normalise(out)
 }
 
 /// Sorts and merges overlapping or adjacent ranges; drops reversed ones.
@@ -258,6 +322,13 @@ impl std::fmt::Display for PortSet {
                 }
             }
         }
+        if self.other {
+            if !first {
+                f.write_str(",")?;
+            }
+            first = false;
+            f.write_str("other protocols")?;
+        }
         if first {
             f.write_str("none")?;
         }
@@ -284,8 +355,37 @@ impl PartialOrd for PortSet {
 
 impl Ord for PortSet {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.any, &self.ranges).cmp(&(other.any, &other.ranges))
+        (self.any, self.other, &self.ranges).cmp(&(other.any, other.other, &other.ranges))
     }
+}
+
+/// What an AdminNetworkPolicy rule does with the traffic it matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Action {
+    Allow,
+    Deny,
+    /// Leave the decision to NetworkPolicy (skipping lower admin rules).
+    Pass,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Allow => "Allow",
+            Action::Deny => "Deny",
+            Action::Pass => "Pass",
+        }
+    }
+}
+
+/// An AdminNetworkPolicy rule, compiled: its peers and ports, what it does,
+/// and its rank (lower is evaluated first: the policy's priority, then the
+/// rule's place in it).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TieredRule {
+    pub rank: u32,
+    pub action: Action,
+    pub rule: PeerRule,
 }
 
 /// A static search tree over sorted `u32` keys whose first key is 0: finds the
@@ -394,6 +494,8 @@ struct ClassInfo {
     /// Ranges of TCP, UDP, SCTP.
     len: [u16; 3],
     any: bool,
+    /// Protocols without ports (ICMP, ...) allowed.
+    other: bool,
 }
 
 impl Default for RuleSet {
@@ -407,10 +509,24 @@ impl RuleSet {
     /// Compiles rules. Order and duplicates do not matter; the result allows
     /// the union of what the rules allow.
     pub fn new(rules: &[PeerRule]) -> RuleSet {
+        RuleSet::with_admin(&[], Some(rules))
+    }
+
+    /// Compiles AdminNetworkPolicy rules in front of NetworkPolicy rules:
+    /// for each peer and port the admin rule of lowest rank that matches
+    /// decides (Allow, Deny, or Pass to NetworkPolicy); what no admin rule
+    /// decides, and what a Pass rule passes, is allowed when `np` allows it.
+    /// `np` is `None` when no NetworkPolicy isolates the endpoint (all
+    /// allowed). The result is still one class per address interval: the
+    /// fast path pays nothing for the tiers.
+    pub fn with_admin(admin: &[TieredRule], np: Option<&[PeerRule]>) -> RuleSet {
+        let rules = np.unwrap_or(&[]);
+        let mut ranked: Vec<&TieredRule> = admin.iter().collect();
+        ranked.sort_by_key(|r| r.rank);
         let mut ps_ids: HashMap<&PortSet, u32> = HashMap::new();
         let mut ps_list: Vec<&PortSet> = Vec::new();
         // (address, port-set id, +1 / -1), one pair per active interval of a rule.
-        let mut events: Vec<(u32, u32, i32)> = Vec::with_capacity(rules.len() * 2);
+        let mut events: Vec<(u32, u32, i32)> = Vec::with_capacity((rules.len() + ranked.len()) * 2);
         for r in rules {
             if r.ports.is_empty() {
                 continue;
@@ -426,15 +542,53 @@ impl RuleSet {
                 }
             }
         }
+        // Admin rules get ids after the port sets', in rank order, so an
+        // interval's active ids list them in evaluation order.
+        let first_admin = ps_list.len() as u32;
+        for (k, r) in ranked.iter().enumerate() {
+            let id = first_admin + k as u32;
+            for (lo, hi) in active_intervals(&r.rule) {
+                events.push((lo, id, 1));
+                if hi < u32::MAX {
+                    events.push((hi + 1, id, -1));
+                }
+            }
+        }
         events.sort_unstable();
+        let ports_of_key = |key: &[u32]| -> PortSet {
+            let split = key.partition_point(|&id| id < first_admin);
+            let np_ports = match np {
+                None => PortSet::all(),
+                Some(_) => key[..split]
+                    .iter()
+                    .fold(PortSet::none(), |acc, &id| acc.union(ps_list[id as usize])),
+            };
+            if split == key.len() {
+                return np_ports;
+            }
+            let (mut allowed, mut decided, mut passed) =
+                (PortSet::none(), PortSet::none(), PortSet::none());
+            for &id in &key[split..] {
+                let r = ranked[(id - first_admin) as usize];
+                let m = r.rule.ports.difference(&decided);
+                match r.action {
+                    Action::Allow => allowed = allowed.union(&m),
+                    Action::Deny => {}
+                    Action::Pass => passed = passed.union(&m),
+                }
+                decided = decided.union(&m);
+            }
+            allowed.union(&np_ports.difference(&decided.difference(&passed)))
+        };
 
+        let no_rule = ports_of_key(&[]);
         let mut starts: Vec<u32> = vec![0];
         let mut classes: Vec<u32> = vec![0];
-        let mut port_sets: Vec<PortSet> = vec![PortSet::none()];
+        let mut port_sets: Vec<PortSet> = vec![no_rule.clone()];
         let mut class_of: HashMap<Vec<u32>, u32> = HashMap::new();
         class_of.insert(Vec::new(), 0);
         let mut set_ids: HashMap<PortSet, u32> = HashMap::new();
-        set_ids.insert(PortSet::none(), 0);
+        set_ids.insert(no_rule, 0);
         let mut active: BTreeMap<u32, u32> = BTreeMap::new();
         let mut i = 0;
         while i < events.len() {
@@ -456,9 +610,7 @@ impl RuleSet {
             let class = match class_of.get(&key) {
                 Some(&c) => c,
                 None => {
-                    let set = key
-                        .iter()
-                        .fold(PortSet::none(), |acc, &id| acc.union(ps_list[id as usize]));
+                    let set = ports_of_key(&key);
                     // Different rule combinations often open the same ports.
                     let c = match set_ids.get(&set) {
                         Some(&c) => c,
@@ -502,6 +654,7 @@ impl RuleSet {
                 start,
                 len,
                 any: set.is_all(),
+                other: set.other,
             });
         }
         RuleSet {
@@ -509,7 +662,7 @@ impl RuleSet {
             classes: classes.into_boxed_slice(),
             info: info.into_boxed_slice(),
             ranges: flat.into_boxed_slice(),
-            rules: rules.len(),
+            rules: rules.len() + ranked.len(),
         }
     }
 
@@ -530,7 +683,10 @@ impl RuleSet {
         if c.any {
             return PortSet::all();
         }
-        let mut out = PortSet::none();
+        let mut out = PortSet {
+            other: c.other,
+            ..PortSet::none()
+        };
         let mut at = c.start as usize;
         for p in Protocol::ALL {
             let n = usize::from(c.len[p.index()]);
@@ -555,7 +711,7 @@ impl RuleSet {
             PROTO_TCP => (start, tcp),
             PROTO_UDP => (start + tcp, udp),
             PROTO_SCTP => (start + tcp + udp, sctp),
-            _ => return false,
+            _ => return c.other,
         };
         let Some(r) = self.ranges.get(from..from + n) else {
             return false;
@@ -800,6 +956,65 @@ mod tests {
                 prop_assert_eq!(rs.allows(a, proto, port), naive(&rules, a, proto, port),
                     "{} {} {}", Ipv4Addr::from(a), proto, port);
             }
+        }
+
+        #[test]
+        fn admin_tiers_match_naive(
+            admin in proptest::collection::vec(
+                (0u32..6, 0u8..3, arb_prefix(), proptest::collection::vec(arb_prefix(), 0..2), arb_ports()),
+                0..8),
+            np in proptest::option::of(proptest::collection::vec(
+                (arb_prefix(), arb_ports()).prop_map(|(cidr, ports)| PeerRule { cidr, except: vec![], ports }),
+                0..6)),
+            probes in proptest::collection::vec((0u32..300, 0u16..10, 0u8..3), 64)) {
+            let admin: Vec<TieredRule> = admin
+                .into_iter()
+                .map(|(rank, a, cidr, except, ports)| TieredRule {
+                    rank,
+                    action: [Action::Allow, Action::Deny, Action::Pass][usize::from(a)],
+                    rule: PeerRule { cidr, except, ports },
+                })
+                .collect();
+            let rs = RuleSet::with_admin(&admin, np.as_deref());
+            let mut ranked = admin.clone();
+            ranked.sort_by_key(|r| r.rank);
+            for (a, port, p) in probes {
+                let a = 0xc613_0000 - 20 + a;
+                let proto = [PROTO_TCP, PROTO_UDP, 1][usize::from(p)];
+                // The admin rule of lowest rank that matches decides.
+                let decided = ranked
+                    .iter()
+                    .find(|r| naive(std::slice::from_ref(&r.rule), a, proto, port))
+                    .map(|r| r.action);
+                let want = match decided {
+                    Some(Action::Allow) => true,
+                    Some(Action::Deny) => false,
+                    Some(Action::Pass) | None => match &np {
+                        None => true,
+                        Some(rules) => naive(rules, a, proto, port),
+                    },
+                };
+                prop_assert_eq!(rs.allows(a, proto, port), want,
+                    "{} proto {} port {}", Ipv4Addr::from(a), proto, port);
+            }
+        }
+
+        #[test]
+        fn port_set_difference_matches_membership(
+            a in arb_ports(), b in arb_ports(), c in arb_ports(),
+            probes in proptest::collection::vec((0u16..12, 0u8..3), 32)) {
+            let ab = a.union(&b);
+            let d = ab.difference(&c);
+            for (port, p) in probes {
+                let proto = [PROTO_TCP, PROTO_UDP, 1][usize::from(p)];
+                prop_assert_eq!(
+                    d.allows(proto, port),
+                    ab.allows(proto, port) && !c.allows(proto, port),
+                    "({} | {}) - {} at {}/{}: {}", a, b, c, proto, port, d
+                );
+            }
+            // Canonical form: removing nothing from everything is `any` again.
+            prop_assert!(PortSet::all().difference(&PortSet::none()).is_all());
         }
     }
 }
