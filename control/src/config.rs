@@ -39,6 +39,8 @@ const CONNTRACK: RangeInclusive<i64> = 1024..=67_108_864;
 const BLOCK_SIZE: RangeInclusive<i64> = 16..=30;
 /// One second to one year.
 const GRACE: RangeInclusive<i64> = 1..=31_536_000;
+/// A node record's lease in etcd: long enough to ride out a keepalive or two lost.
+const LEASE_TTL: RangeInclusive<i64> = 2..=3600;
 
 /// A configuration that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -181,6 +183,8 @@ pub struct Config {
     pub block_size: u8,
     #[serde(default = "default_grace", deserialize_with = "de_grace")]
     pub node_grace_period_s: u64,
+    #[serde(default = "default_lease_ttl", deserialize_with = "de_lease_ttl")]
+    pub node_lease_ttl_s: u64,
     // Last: TOML writes arrays of tables after plain keys.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub peers: Vec<Peer>,
@@ -250,6 +254,8 @@ pub struct Resolved {
     pub datastore: DatastoreConfig,
     pub block_size: u8,
     pub node_grace_period: Duration,
+    /// TTL of this node's record in etcd; peers withdraw its routes that long after it stops.
+    pub node_lease_ttl: Duration,
 }
 
 impl Resolved {
@@ -455,6 +461,7 @@ impl Config {
             datastore,
             block_size: self.block_size,
             node_grace_period: Duration::from_secs(self.node_grace_period_s),
+            node_lease_ttl: Duration::from_secs(self.node_lease_ttl_s),
         })
     }
 
@@ -795,6 +802,9 @@ fn default_block_size() -> u8 {
 fn default_grace() -> u64 {
     3600
 }
+fn default_lease_ttl() -> u64 {
+    10
+}
 
 // --- Serde helpers --------------------------------------------------------------------------
 //
@@ -949,6 +959,9 @@ fn de_block_size<'de, D: Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
 }
 fn de_grace<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     ranged(d, GRACE)
+}
+fn de_lease_ttl<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    ranged(d, LEASE_TTL)
 }
 
 // --- Error locations ------------------------------------------------------------------------
@@ -1202,6 +1215,10 @@ pod_cidr = "198.19.1.0/24"
 # they are reclaimed.
 # node_grace_period_s = 3600
 
+# TTL, in seconds, of this node's record in etcd (2..=3600). The node renews it
+# every third of that; when it stops, its peers withdraw its routes after this.
+# node_lease_ttl_s = 10
+
 # ---- Static peers (datastore = "file") ---------------------------------------
 
 # One [[peers]] table per other node. name, node_ip and pod_cidr are required;
@@ -1272,6 +1289,7 @@ mod tests {
         assert!(c.etcd_endpoints.is_empty());
         assert_eq!(c.block_size, 26);
         assert_eq!(c.node_grace_period_s, 3600);
+        assert_eq!(c.node_lease_ttl_s, 10);
     }
 
     #[test]
@@ -1380,6 +1398,8 @@ vtep_mac = "02:00:00:00:00:08"
         rejects("block_size = 15", "block_size", "15");
         rejects("node_grace_period_s = 0", "node_grace_period_s", "0");
         rejects("node_grace_period_s = -5", "node_grace_period_s", "-5");
+        rejects("node_lease_ttl_s = 1", "node_lease_ttl_s", "1");
+        rejects("node_lease_ttl_s = 3601", "node_lease_ttl_s", "3601");
         let e = rejects("vni = 0", "vni", "0");
         match e {
             ConfigError::InvalidConfig {

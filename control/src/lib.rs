@@ -6,6 +6,8 @@ pub mod config;
 #[cfg(feature = "daemon")]
 pub mod daemon;
 #[cfg(feature = "daemon")]
+pub mod datastore;
+#[cfg(feature = "daemon")]
 pub mod ipam;
 #[cfg(feature = "daemon")]
 pub mod k8s;

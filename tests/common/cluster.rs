@@ -12,8 +12,12 @@ use std::time::{Duration, Instant};
 
 use super::{unique, Netns};
 
-/// Where the workspace's binaries are: next to the test executable's `deps/`.
+/// Where the workspace's binaries are: next to the test executable's `deps/`,
+/// or in `$SLUICE_BIN_DIR` (benchmark scripts point it at the release build).
 pub fn bin(name: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os("SLUICE_BIN_DIR") {
+        return PathBuf::from(dir).join(name);
+    }
     let exe = std::env::current_exe().expect("test executable path");
     let dir = exe
         .parent()
@@ -68,6 +72,8 @@ pub struct Node {
     pub peers: Vec<(String, Ipv4Addr, String)>,
     /// Appended to the generated sluiced.toml.
     pub extra_config: String,
+    /// Extra command-line arguments of sluiced (e.g. `--recover`).
+    pub extra_args: Vec<String>,
     daemon: Option<std::process::Child>,
 }
 
@@ -108,6 +114,7 @@ impl Node {
             backend: backend.into(),
             peers: Vec::new(),
             extra_config: String::new(),
+            extra_args: Vec::new(),
             daemon: None,
         }
     }
@@ -124,14 +131,20 @@ impl Node {
         self.dir.path().join("sluiced.log")
     }
 
-    /// The node's sluiced.toml.
+    /// The node's sluiced.toml (no `pod_cidr` line when `pod_cidr` is empty:
+    /// etcd nodes claim blocks instead).
     pub fn config(&self) -> String {
+        let pod_cidr = if self.pod_cidr.is_empty() {
+            String::new()
+        } else {
+            format!("pod_cidr = \"{}\"\n", self.pod_cidr)
+        };
         let mut c = format!(
-            "node_name = \"{}\"\nmode = \"{}\"\nuplink = \"ul0\"\npod_cidr = \"{}\"\ncluster_cidr = \"198.19.0.0/16\"\n\
+            "node_name = \"{}\"\nmode = \"{}\"\nuplink = \"ul0\"\n{}cluster_cidr = \"198.19.0.0/16\"\n\
              uplink_backend = \"{}\"\nstate_dir = \"{}\"\napi_socket = \"{}\"\nmetrics_listen = \"127.0.0.1:{}\"\nworkers = 1\n",
             self.name,
             self.mode,
-            self.pod_cidr,
+            pod_cidr,
             self.backend,
             self.dir.path().join("state").display(),
             self.socket().display(),
@@ -166,6 +179,7 @@ impl Node {
             .arg(bin("sluiced"))
             .arg("--config")
             .arg(self.config_path())
+            .args(&self.extra_args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
@@ -173,6 +187,21 @@ impl Node {
             .spawn()
             .expect("starting sluiced");
         self.daemon = Some(child);
+    }
+
+    /// Waits (at most `timeout`) for a spawned sluiced to exit by itself, as
+    /// one that refuses to start does; `None` if it is still running (it is
+    /// then left running).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let t = Instant::now();
+        while t.elapsed() < timeout {
+            if let Some(Ok(Some(st))) = self.daemon.as_mut().map(|c| c.try_wait()) {
+                self.daemon = None;
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
     }
 
     /// The daemon's pid, while it runs.

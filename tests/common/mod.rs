@@ -8,6 +8,7 @@
 #![allow(dead_code)] // each test binary uses its own subset
 
 pub mod cluster;
+pub mod etcd;
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
