@@ -471,6 +471,44 @@ fn metrics_follow_pod_traffic() {
     // The workers' loops were busy and uptime moves on.
     assert!(after.get("sluice_worker_busy_polls_total", &[("worker", "0")]) > 0.0);
     assert!(after.get("sluice_uptime_seconds", &[]) > 0.0);
+    // Pods no policy isolates: their packets count as allowed egress.
+    assert!(
+        after.get(
+            "sluice_policy_verdicts_total",
+            &[("direction", "egress"), ("verdict", "allowed")]
+        ) >= BYTES as f64 / 9000.0,
+        "egress verdicts of the transfer"
+    );
+
+    // Policy and conntrack: pa may send only to pb. Pings to pb are allowed
+    // and tracked; pings elsewhere are denied egress.
+    let policy = format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: default}}\n---\n\
+         apiVersion: v1\nkind: Pod\nmetadata: {{name: pa, namespace: default, uid: uid-pa}}\n\
+         spec: {{nodeName: {}, containers: [{{name: c, image: none}}]}}\nstatus: {{podIP: {}}}\n---\n\
+         apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: only-pb, namespace: default}}\n\
+         spec:\n  podSelector: {{}}\n  policyTypes: [Egress]\n  egress:\n  - to: [{{ipBlock: {{cidr: {}/32}}}}]\n",
+        a.name, pa.ip, pb.ip
+    );
+    let (ok, out) = a.apply(&policy);
+    assert!(ok, "{out}");
+    let p0 = scrape(&a);
+    let denied = [("direction", "egress"), ("verdict", "denied")];
+    assert!(pa.ping(pb.ip, 2), "pa -> pb under only-pb");
+    assert!(!pa.ping(nobody, 2), "pa -> {nobody} under only-pb");
+    scrape_until(&a, "policy and conntrack counters", |s| {
+        s.get("sluice_policy_verdicts_total", &denied)
+            - p0.get("sluice_policy_verdicts_total", &denied)
+            >= 2.0
+            && s.get("sluice_drops_total", &[("reason", "policy_denied_egress")])
+                - p0.get("sluice_drops_total", &[("reason", "policy_denied_egress")])
+                >= 2.0
+            && s.get("sluice_conntrack_inserts_total", &[])
+                > p0.get("sluice_conntrack_inserts_total", &[])
+            && s.get("sluice_conntrack_entries", &[]) >= 1.0
+            && s.get("sluice_policy_new_flows_total", &[])
+                > p0.get("sluice_policy_new_flows_total", &[])
+    });
 }
 
 #[test]

@@ -80,6 +80,11 @@ pub enum Request {
     Routes,
     /// Known nodes. Answer: [`Answer::Json`].
     Nodes,
+    /// Removes a node from the cluster datastore for good: its record,
+    /// endpoints and pod blocks (which stay reserved after its lease expired
+    /// until this or the grace period). Answer: [`Answer::Json`] `{"node",
+    /// "released_blocks": [...]}`.
+    NodeRemove { name: String },
     /// Dataplane counters, drops by reason included. Answer: [`Answer::Json`].
     Stats,
     /// Create or update objects. Answer: [`Answer::Json`] describing what changed.
@@ -97,6 +102,22 @@ pub enum Request {
     /// [`Answer::Json`] `{"events": [...]}`, one object per drop with time,
     /// pod, direction, 5-tuple, verdict, reason and the selecting policies.
     Monitor { count: u32, timeout_ms: u32 },
+    /// Follows the next `count` packets matching `filter` (see
+    /// `sluice_dataplane::trace::Filter`: `src A`, `dst A`, `host A`, `port N`,
+    /// `proto P`, ...) through the stages. Answers when `count` packets were
+    /// traced or after `timeout_ms`. Answer: [`Answer::Json`] `{"packets":
+    /// [{"unix_ns", "worker", "in_port", "len", "summary", "flow", "steps":
+    /// [{"stage", "next", "detail"}], "out_port"}]}`.
+    Trace {
+        count: u32,
+        #[serde(default)]
+        filter: String,
+        /// Only packets received on this port (`uplink`, `host` or
+        /// `NAMESPACE/POD`); all ports when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        port: Option<String>,
+        timeout_ms: u32,
+    },
     /// Copies of the next `count` frames received or sent on a port: `uplink`,
     /// `host`, or a pod as `NAMESPACE/POD`. Answers when `count` frames were
     /// seen or after `timeout_ms`. Answer: [`Answer::Json`] `{"frames":
@@ -132,12 +153,14 @@ impl Request {
             Request::Endpoints => "endpoints",
             Request::Routes => "routes",
             Request::Nodes => "nodes",
+            Request::NodeRemove { .. } => "node_remove",
             Request::Stats => "stats",
             Request::Apply { .. } => "apply",
             Request::Delete { .. } => "delete",
             Request::PolicyExplain { .. } => "policy_explain",
             Request::Capture { .. } => "capture",
             Request::Monitor { .. } => "monitor",
+            Request::Trace { .. } => "trace",
         }
     }
 }
@@ -701,6 +724,7 @@ mod tests {
             Request::Endpoints,
             Request::Routes,
             Request::Nodes,
+            Request::NodeRemove { name: "n2".into() },
             Request::Stats,
             Request::Apply {
                 documents: "kind: Pool\n---\nkind: Node\n".into(),

@@ -17,4 +17,5 @@ pub mod stage;
 pub mod sys;
 pub mod table;
 pub mod testkit;
+pub mod trace;
 pub mod wire;

@@ -96,6 +96,8 @@ pub struct WorkerStats {
     pub handoff_out: u64,
     /// Fresh buffers allocated because the pool ran dry.
     pub pool_grown: u64,
+    /// Policy verdicts and the connection table.
+    pub policy: crate::policy::PolicyStats,
     pub last_error: Option<String>,
 }
 
@@ -131,9 +133,23 @@ pub struct MonitorEvent {
     pub drop: crate::pipeline::DropEvent,
 }
 
+/// A packet a worker traced, for `sluicectl trace`.
+#[derive(Debug, Clone)]
+pub struct TraceRecord {
+    pub unix_ns: u64,
+    pub worker: usize,
+    pub packet: crate::trace::Traced,
+}
+
 enum Command {
     Capture(Capture),
     Monitor(Sender<MonitorEvent>),
+    Trace {
+        filter: crate::trace::Filter,
+        count: u32,
+        until: Instant,
+        tx: Sender<TraceRecord>,
+    },
     AddPort {
         id: PortId,
         port: BoxPort,
@@ -229,6 +245,8 @@ impl Runtime {
                 incoming: rings.iter().map(|r| r[i].clone()).collect(),
                 monitors: Vec::new(),
                 captures: Vec::new(),
+                tracer: None,
+                epoch: Instant::now(),
                 owners: port_owner.clone(),
                 stats: WorkerStats {
                     worker: i,
@@ -343,6 +361,31 @@ impl Runtime {
         rx
     }
 
+    /// Arms a trace of the next `count` packets matching `filter` on every
+    /// worker, for at most `timeout`; the traced packets arrive on the
+    /// returned channel (each worker traces up to `count`: stop reading after
+    /// `count` in all). Dropping the receiver ends the trace at the next
+    /// traced packet or the timeout, whichever comes first.
+    pub fn trace(
+        &self,
+        filter: crate::trace::Filter,
+        count: u32,
+        timeout: Duration,
+    ) -> Receiver<TraceRecord> {
+        let (tx, rx) = crossbeam_channel::bounded(count.clamp(1, crate::trace::MAX_TRACE) as usize);
+        let until = Instant::now() + timeout;
+        for h in &self.workers {
+            let _ = h.commands.send(Command::Trace {
+                filter: filter.clone(),
+                count,
+                until,
+                tx: tx.clone(),
+            });
+            let _ = h.waker.wake();
+        }
+        rx
+    }
+
     /// The latest published stats of every worker.
     pub fn stats(&self) -> Vec<WorkerStats> {
         self.workers
@@ -430,6 +473,10 @@ struct Worker<P: Policy> {
     captures: Vec<Capture>,
     /// `sluicectl monitor` subscribers.
     monitors: Vec<Sender<MonitorEvent>>,
+    /// Where this worker's traced packets go, while a trace is armed.
+    tracer: Option<Sender<TraceRecord>>,
+    /// Origin of the monotonic `now` handed to the pipeline.
+    epoch: Instant,
 }
 
 impl<P: Policy> Worker<P> {
@@ -437,7 +484,7 @@ impl<P: Policy> Worker<P> {
         if let Some(c) = self.core {
             core_affinity::set_for_current(c);
         }
-        let epoch = Instant::now();
+        let epoch = self.epoch;
         let mut events = Events::with_capacity(256);
         let mut batch = Batch::new();
         let mut idle: u32 = 0;
@@ -493,6 +540,16 @@ impl<P: Policy> Worker<P> {
                 Command::Monitor(m) => {
                     self.monitors.push(m);
                     self.pipeline.set_monitor(true);
+                }
+                Command::Trace {
+                    filter,
+                    count,
+                    until,
+                    tx,
+                } => {
+                    let deadline = until.saturating_duration_since(self.epoch).as_nanos() as u64;
+                    self.pipeline.set_trace(filter, count, deadline);
+                    self.tracer = Some(tx);
                 }
                 Command::AddPort { id, port } => {
                     if let Some(fd) = port.rx_fd() {
@@ -576,6 +633,9 @@ impl<P: Policy> Worker<P> {
             if !self.monitors.is_empty() {
                 self.send_events();
             }
+            if self.tracer.is_some() {
+                self.send_traces(now);
+            }
             self.flush();
             work += n;
         }
@@ -603,6 +663,31 @@ impl<P: Policy> Worker<P> {
         }
         if self.monitors.is_empty() {
             self.pipeline.set_monitor(false);
+        }
+    }
+
+    #[cold]
+    fn send_traces(&mut self, now: u64) {
+        let unix_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let Some(tx) = &self.tracer else { return };
+        let mut gone = false;
+        for packet in self.pipeline.take_traces() {
+            let r = tx.try_send(TraceRecord {
+                unix_ns,
+                worker: self.id,
+                packet,
+            });
+            gone |= matches!(r, Err(crossbeam_channel::TrySendError::Disconnected(_)));
+        }
+        self.pipeline.expire_trace(now);
+        if gone {
+            self.pipeline
+                .set_trace(crate::trace::Filter::default(), 0, 0);
+        }
+        if gone || !self.pipeline.tracing() {
+            self.tracer = None;
         }
     }
 
@@ -694,6 +779,7 @@ impl<P: Policy> Worker<P> {
 
     fn publish(&mut self) {
         self.stats.counters = self.pipeline.counters().clone();
+        self.stats.policy = self.pipeline.policy.stats();
         self.stats.ports = self
             .ports
             .iter()

@@ -34,6 +34,11 @@ enum Cmd {
     Routes,
     /// Known peer nodes.
     Nodes,
+    /// Cluster membership (etcd datastore).
+    Node {
+        #[command(subcommand)]
+        cmd: NodeCmd,
+    },
     /// Per-port and per-worker counters, drops by reason.
     Stats,
     /// Apply Kubernetes objects (Node, Namespace, Pod, NetworkPolicy) from YAML or JSON.
@@ -57,6 +62,24 @@ enum Cmd {
         #[arg(long, default_value_t = 60)]
         timeout: u32,
     },
+    /// Follow the next packets matching a filter through the stages: the
+    /// decision of each stage (route, policy verdict and rule, encap header,
+    /// drop reason).
+    Trace {
+        /// Packets to trace.
+        #[arg(long, default_value_t = 10)]
+        count: u32,
+        /// Which packets, e.g. "src 198.19.0.5 and tcp dport 80" (words: src,
+        /// dst, host ADDR[/LEN]; port, sport, dport N; proto or tcp, udp, icmp, sctp).
+        #[arg(long, default_value = "")]
+        filter: String,
+        /// Only packets received on this port: uplink, host or NAMESPACE/POD.
+        #[arg(long)]
+        port: Option<String>,
+        /// Seconds to wait at most.
+        #[arg(long, default_value_t = 10)]
+        timeout: u32,
+    },
     /// Capture frames of a port into a pcap file (tcpdump, tshark, Wireshark).
     Capture {
         /// uplink, host, or a pod as NAMESPACE/POD.
@@ -76,6 +99,16 @@ enum Cmd {
     Policy {
         #[command(subcommand)]
         cmd: PolicyCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum NodeCmd {
+    /// Remove a node that is gone for good: its record, endpoints and pod
+    /// blocks (kept reserved after its lease expired) leave the datastore.
+    Remove {
+        /// The node's name.
+        name: String,
     },
 }
 
@@ -117,8 +150,22 @@ fn main() -> ExitCode {
         Cmd::Endpoints => Request::Endpoints,
         Cmd::Routes => Request::Routes,
         Cmd::Nodes => Request::Nodes,
+        Cmd::Node {
+            cmd: NodeCmd::Remove { name },
+        } => Request::NodeRemove { name: name.clone() },
         Cmd::Stats => Request::Stats,
         Cmd::Monitor { .. } => unreachable!("handled above"),
+        Cmd::Trace {
+            count,
+            filter,
+            port,
+            timeout,
+        } => Request::Trace {
+            count: *count,
+            filter: filter.clone(),
+            port: port.clone(),
+            timeout_ms: timeout.saturating_mul(1000),
+        },
         Cmd::Capture {
             port,
             count,
@@ -207,6 +254,7 @@ fn print_answer(cli: &Cli, answer: Answer) {
         return;
     }
     match &cli.cmd {
+        Cmd::Trace { .. } => print_trace(&v),
         Cmd::Capture { write, .. } => match write_pcap(write, &v) {
             Ok(n) => println!("{n} frames written to {}", write.display()),
             Err(e) => eprintln!("sluicectl: writing {}: {e}", write.display()),
@@ -247,6 +295,12 @@ fn print_answer(cli: &Cli, answer: Answer) {
         Cmd::Stats => {
             println!("COUNTERS");
             if let Some(o) = v["counters"].as_object() {
+                for (k, val) in o {
+                    println!("  {k:<18} {}", scalar(val));
+                }
+            }
+            if let Some(o) = v["policy"].as_object() {
+                println!("POLICY");
                 for (k, val) in o {
                     println!("  {k:<18} {}", scalar(val));
                 }
@@ -353,6 +407,39 @@ fn write_pcap(path: &std::path::Path, v: &serde_json::Value) -> Result<usize, St
     }
     w.into_inner().map_err(|e| e.to_string())?;
     Ok(frames.len())
+}
+
+/// One block per traced packet: where it came from, then one line per stage.
+fn print_trace(v: &serde_json::Value) {
+    let packets = v["packets"].as_array().cloned().unwrap_or_default();
+    if packets.is_empty() {
+        println!("no matching packet seen");
+        return;
+    }
+    for (i, p) in packets.iter().enumerate() {
+        let secs = p["unix_ns"].as_u64().unwrap_or(0) as f64 / 1e9;
+        println!(
+            "packet {} at {secs:.6} on worker {}, from port {} ({} bytes)",
+            i + 1,
+            scalar(&p["worker"]),
+            scalar(&p["in_port"]),
+            scalar(&p["len"]),
+        );
+        println!("  {}", scalar(&p["summary"]));
+        for s in p["steps"].as_array().cloned().unwrap_or_default() {
+            println!(
+                "  {:<15} -> {:<15} {}",
+                scalar(&s["stage"]),
+                scalar(&s["next"]),
+                scalar(&s["detail"])
+            );
+        }
+        match p["out_port"].as_str() {
+            Some(port) => println!("  sent on port {port}"),
+            None => println!("  dropped"),
+        }
+        println!();
+    }
 }
 
 /// Prints drops as they come: one short request per second, so lines appear

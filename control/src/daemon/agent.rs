@@ -28,7 +28,7 @@ use crate::api::{
 use crate::ipam::{Ipam, IpamError};
 use crate::k8s::{self, Change, ClusterObjects, NodeInfo, Object};
 use crate::policy;
-use crate::store::{EndpointRecord, StateFile, Store};
+use crate::store::{EndpointRecord, LoadOutcome, StateFile, Store};
 
 /// A peer node: where its pods are and how to reach it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,10 +36,12 @@ pub struct Peer {
     pub name: String,
     pub node_ip: Ipv4Addr,
     pub pod_cidr: Prefix,
+    /// Further pod blocks of the peer (etcd datastore: a node claims more as it fills).
+    pub more_cidrs: Vec<Prefix>,
     pub vtep_mac: MacAddr,
     /// How to reach it (the node's mode unless the peer says otherwise).
     pub mode: Mode,
-    /// Where the peer came from: "config" or "api".
+    /// Where the peer came from: "config", "api" or "etcd".
     pub source: &'static str,
 }
 
@@ -70,6 +72,8 @@ struct State {
     pending: BTreeSet<AttachmentKey>,
     /// NetworkPolicy compiler, fed from the applied objects and attachments.
     policy: policy::Compiler,
+    /// Pods attached on other nodes (etcd datastore), by pod.
+    remote_eps: BTreeMap<policy::PodKey, Ipv4Addr>,
 }
 
 /// An attachment taken out of the state; its interface still to delete.
@@ -107,6 +111,8 @@ pub struct Agent {
     host_mac: Option<MacAddr>,
     started: Instant,
     state: Mutex<State>,
+    /// The cluster datastore (etcd), when the node uses one.
+    datastore: std::sync::OnceLock<crate::datastore::Link>,
 }
 
 type ApiResult = Result<Answer, ApiError>;
@@ -130,12 +136,37 @@ impl Agent {
         backend_reason: String,
         host_mac: Option<MacAddr>,
     ) -> Result<Arc<Agent>, super::DaemonError> {
-        let (store, file) =
-            Store::open(&settings.state_dir, &settings.node_name, settings.pod_cidr)?;
+        let open = if settings.recover {
+            Store::open_or_rebuild
+        } else {
+            Store::open
+        };
+        let (store, mut file) = open(&settings.state_dir, &settings.node_name, settings.pod_cidr)?;
         let outcome = format!("{:?}", store.outcome());
+        let rebuilding = matches!(store.outcome(), LoadOutcome::Rebuild { .. });
+        if rebuilding {
+            let blocks: Vec<Prefix> = std::iter::once(settings.pod_cidr)
+                .chain(settings.more_blocks.iter().copied())
+                .collect();
+            let found = super::recover::rebuild(&settings.node_name, &blocks, now_unix());
+            for why in &found.refused {
+                tracing::error!("recover: {why}");
+            }
+            tracing::warn!(
+                namespaces = found.namespaces,
+                restored = found.records.len(),
+                refused = found.refused.len(),
+                "recover: endpoints rebuilt from the pod TAPs; objects applied through the API \
+                 were in the lost state and must be applied again"
+            );
+            file.endpoints = found.records;
+        } else if settings.recover {
+            tracing::info!(state = %outcome, "recover: the state loaded, nothing to rebuild");
+        }
         let reserved: Vec<Ipv4Addr> = Vec::new();
-        let ipam = Ipam::new([settings.pod_cidr], reserved)
-            .map_err(|e| super::DaemonError::Ipam(e.to_string()))?;
+        let blocks = std::iter::once(settings.pod_cidr).chain(settings.more_blocks.iter().copied());
+        let ipam =
+            Ipam::new(blocks, reserved).map_err(|e| super::DaemonError::Ipam(e.to_string()))?;
         let mut st = State {
             store,
             file,
@@ -150,6 +181,7 @@ impl Agent {
             objects: ClusterObjects::new(),
             pending: BTreeSet::new(),
             policy: policy::Compiler::new(),
+            remote_eps: BTreeMap::new(),
         };
         for (i, doc) in st.file.applied_objects.clone().iter().enumerate() {
             match k8s::parse_documents(doc) {
@@ -174,6 +206,7 @@ impl Agent {
                         .vtep_mac
                         .unwrap_or_else(|| sluice_dataplane::table::default_vtep_mac(p.node_ip)),
                     mode: settings.mode,
+                    more_cidrs: Vec::new(),
                     source: "config",
                 },
             );
@@ -188,6 +221,7 @@ impl Agent {
             host_mac,
             started: Instant::now(),
             state: Mutex::new(st),
+            datastore: std::sync::OnceLock::new(),
         });
         {
             let mut st = agent.lock();
@@ -195,6 +229,17 @@ impl Agent {
             let records = st.file.endpoints.clone();
             for rec in records {
                 agent.restore(&mut st, rec);
+            }
+            if rebuilding {
+                // The rebuilt state replaces the damaged files before any ADD is served.
+                st.file.endpoints = st.eps.values().map(|e| e.rec.clone()).collect();
+                let file = st.file.clone();
+                let generation = st.store.save(&file)?;
+                tracing::info!(
+                    generation,
+                    records = file.endpoints.len(),
+                    "recover: state saved"
+                );
             }
             agent.sync_peers(&mut st);
             agent.refresh_neighbours(&mut st);
@@ -255,6 +300,11 @@ impl Agent {
         // whole range to us: sending them back would loop).
         routes.push((s.cluster_cidr, NextHop::Drop));
         routes.push((s.pod_cidr, NextHop::Local));
+        for b in st.ipam.blocks() {
+            if *b != s.pod_cidr {
+                routes.push((*b, NextHop::Local));
+            }
+        }
         let mut tunnels = Vec::new();
         for p in st.peers.values() {
             let id = TunnelId(tunnels.len() as u32);
@@ -271,6 +321,7 @@ impl Agent {
             node.accept_ipip |= p.mode == Mode::Ipip;
             tunnels.push(t);
             routes.push((p.pod_cidr, hop));
+            routes.extend(p.more_cidrs.iter().map(|c| (*c, hop)));
         }
         let eps: Vec<Endpoint> = st
             .eps
@@ -386,6 +437,7 @@ impl Agent {
             Request::Endpoints => Ok(Answer::Json(self.endpoints_view())),
             Request::Routes => Ok(Answer::Json(self.routes_view())),
             Request::Nodes => Ok(Answer::Json(self.nodes_view())),
+            Request::NodeRemove { name } => self.node_remove(&name),
             Request::Stats => Ok(Answer::Json(self.stats_view())),
             Request::Apply { documents } => self.apply(&documents, true),
             Request::Delete { documents } => self.apply(&documents, false),
@@ -396,6 +448,12 @@ impl Agent {
                 protocol,
             } => self.explain(&from, &to, port, &protocol),
             Request::Monitor { count, timeout_ms } => self.monitor(count, timeout_ms),
+            Request::Trace {
+                count,
+                filter,
+                port,
+                timeout_ms,
+            } => self.trace(count, &filter, port.as_deref(), timeout_ms),
             Request::Capture {
                 port,
                 count,
@@ -433,6 +491,7 @@ impl Agent {
         };
         let pod_mtu = u32::from(self.settings.pod_mtu);
         let mtu = a.mtu.unwrap_or(pod_mtu);
+        self.ensure_free_address()?;
         let ip = {
             let mut st = self.lock();
             if let Some(e) = st.eps.get(&key) {
@@ -473,7 +532,13 @@ impl Agent {
             st.pending.remove(&key);
             st.ipam.release(&key);
         };
-        let wired = match pod::wire(&a.netns, &a.ifname, ip, mtu) {
+        let label = super::recover::TapLabel {
+            node: self.settings.node_name.clone(),
+            key: key.clone(),
+            ip,
+            netns: a.netns.clone(),
+        };
+        let wired = match pod::wire(&a.netns, &a.ifname, ip, mtu, &label.encode()) {
             Ok(w) => w,
             Err(e) => {
                 abort(&mut self.lock());
@@ -531,6 +596,13 @@ impl Agent {
         tracing::info!(container = %key.container_id, ifname = %key.ifname, %ip,
             pod = %format!("{}/{}", a.pod.namespace.as_deref().unwrap_or("-"), a.pod.name.as_deref().unwrap_or("-")),
             "pod attached");
+        if let (Some(ds), Some(ns), Some(name)) = (
+            self.datastore.get(),
+            a.pod.namespace.as_deref(),
+            a.pod.name.as_deref(),
+        ) {
+            ds.endpoint_up(ns, name, ip);
+        }
         Ok(Answer::Attached(attachment(
             &a.ifname, wired.mac, mtu, &a.netns, ip,
         )))
@@ -540,6 +612,13 @@ impl Agent {
     /// returned handle deletes its interface; call it after releasing the lock.
     fn remove(&self, st: &mut State, key: &AttachmentKey) -> Option<Removed> {
         let ep = st.eps.remove(key)?;
+        if let (Some(ds), Some(ns), Some(name)) = (
+            self.datastore.get(),
+            ep.rec.pod_namespace.as_deref(),
+            ep.rec.pod_name.as_deref(),
+        ) {
+            ds.endpoint_down(ns, name);
+        }
         let port = ep.port.and_then(|port| {
             self.publish(st);
             st.free_ports.insert(port.0);
@@ -656,8 +735,11 @@ impl Agent {
         let mut report = Vec::new();
         for o in objs {
             let key = o.key();
-            if let Err(e) = feed_policy(&mut st.policy, &o, apply) {
+            if let Err(e) = feed_object(&mut st, &o, apply) {
                 tracing::warn!(object = %key, error = %e, "not compiled");
+            }
+            if let Some(ds) = self.datastore.get() {
+                ds.object(&key, apply.then(|| object_json(&o)).flatten());
             }
             let what = if apply {
                 match st.objects.apply(o) {
@@ -758,26 +840,95 @@ impl Agent {
         Ok(Answer::Json(json!({ "events": events })))
     }
 
-    /// The most frames one capture returns, and the longest it waits.
-    const MAX_CAPTURE: u32 = 10_000;
-    const MAX_CAPTURE_MS: u32 = 60_000;
-
-    fn capture(&self, port: &str, count: u32, timeout_ms: u32) -> ApiResult {
-        let bad = |m: String| ApiError::new(code::INVALID_REQUEST, m);
-        if count == 0 || count > Self::MAX_CAPTURE {
-            return Err(bad(format!(
-                "count {count}: expected 1..={}",
-                Self::MAX_CAPTURE
-            )));
+    /// `sluicectl trace`: arms a trace on every worker, waits for `count`
+    /// packets or the timeout, and names ports and policy rules.
+    fn trace(&self, count: u32, filter: &str, port: Option<&str>, timeout_ms: u32) -> ApiResult {
+        use sluice_dataplane::trace::{Filter, MAX_TRACE};
+        if count == 0 || count > MAX_TRACE {
+            return Err(ApiError::new(
+                code::INVALID_REQUEST,
+                format!("count {count}: expected 1..={MAX_TRACE}"),
+            ));
         }
-        let id = match port {
-            "uplink" => PortId::UPLINK,
-            "host" => PortId::HOST,
+        let mut filter = Filter::parse(filter)
+            .map_err(|e| ApiError::new(code::INVALID_REQUEST, e.to_string()))?;
+        if let Some(name) = port {
+            filter = filter.on_port(self.port_by_name(name)?);
+        }
+        let timeout =
+            std::time::Duration::from_millis(u64::from(timeout_ms.min(Self::MAX_CAPTURE_MS)));
+        let rx = self.runtime.trace(filter, count, timeout);
+        let deadline = Instant::now() + timeout;
+        let mut raw = Vec::new();
+        while raw.len() < count as usize {
+            match rx.recv_deadline(deadline) {
+                Ok(r) => raw.push(r),
+                Err(_) => break,
+            }
+        }
+        // Dropping the receiver disarms the workers at their next traced packet.
+        drop(rx);
+        let st = self.lock();
+        let port_name = |id: PortId| -> String {
+            match id {
+                PortId::UPLINK => "uplink".to_owned(),
+                PortId::HOST => "host".to_owned(),
+                _ => st.eps.values().find(|e| e.port == Some(id)).map_or_else(
+                    || id.to_string(),
+                    |e| {
+                        format!(
+                            "{}/{}",
+                            e.rec.pod_namespace.as_deref().unwrap_or("-"),
+                            e.rec.pod_name.as_deref().unwrap_or("-")
+                        )
+                    },
+                ),
+            }
+        };
+        let packets: Vec<serde_json::Value> = raw
+            .iter()
+            .map(|r| {
+                let p = &r.packet;
+                let steps: Vec<serde_json::Value> = p
+                    .steps
+                    .iter()
+                    .map(|s| {
+                        let mut detail = s.detail.clone();
+                        let egress = s.stage == "policy-egress";
+                        if egress || s.stage == "policy-ingress" {
+                            if let Some(why) = p.flow.and_then(|f| policy_rule(&st, &f, egress)) {
+                                detail = format!("{detail}: {why}");
+                            }
+                        }
+                        json!({"stage": s.stage, "next": s.next, "detail": detail})
+                    })
+                    .collect();
+                json!({
+                    "unix_ns": r.unix_ns,
+                    "worker": r.worker,
+                    "in_port": port_name(p.in_port),
+                    "len": p.len,
+                    "summary": p.summary,
+                    "flow": p.flow.map(|f| f.to_string()),
+                    "steps": steps,
+                    "out_port": p.out_port.map(&port_name),
+                })
+            })
+            .collect();
+        Ok(Answer::Json(json!({ "packets": packets })))
+    }
+
+    /// A port by the name operators use: `uplink`, `host` or `NAMESPACE/POD`.
+    fn port_by_name(&self, port: &str) -> Result<PortId, ApiError> {
+        match port {
+            "uplink" => Ok(PortId::UPLINK),
+            "host" => Ok(PortId::HOST),
             pod => {
                 let (ns, name) = pod.split_once('/').ok_or_else(|| {
-                    bad(format!(
-                        "port {pod:?}: expected uplink, host or NAMESPACE/POD"
-                    ))
+                    ApiError::new(
+                        code::INVALID_REQUEST,
+                        format!("port {pod:?}: expected uplink, host or NAMESPACE/POD"),
+                    )
                 })?;
                 let st = self.lock();
                 st.eps
@@ -792,9 +943,24 @@ impl Agent {
                             code::NOT_FOUND,
                             format!("no attached pod {pod} on this node"),
                         )
-                    })?
+                    })
             }
-        };
+        }
+    }
+
+    /// The most frames one capture returns, and the longest it waits.
+    const MAX_CAPTURE: u32 = 10_000;
+    const MAX_CAPTURE_MS: u32 = 60_000;
+
+    fn capture(&self, port: &str, count: u32, timeout_ms: u32) -> ApiResult {
+        let bad = |m: String| ApiError::new(code::INVALID_REQUEST, m);
+        if count == 0 || count > Self::MAX_CAPTURE {
+            return Err(bad(format!(
+                "count {count}: expected 1..={}",
+                Self::MAX_CAPTURE
+            )));
+        }
+        let id = self.port_by_name(port)?;
         let rx = self.runtime.capture(id, count as usize).ok_or_else(|| {
             ApiError::new(code::NOT_FOUND, format!("port {port} is not attached"))
         })?;
@@ -840,7 +1006,7 @@ impl Agent {
     /// configured ones.
     fn sync_peers(&self, st: &mut State) {
         let s = &self.settings;
-        st.peers.retain(|_, p| p.source == "config");
+        st.peers.retain(|_, p| p.source != "api");
         let nodes: Vec<NodeInfo> = st
             .objects
             .nodes()
@@ -850,7 +1016,7 @@ impl Agent {
             if n.name == s.node_name || n.node_ip == s.node_ip {
                 continue;
             }
-            if st.peers.get(&n.name).is_some_and(|p| p.source == "config") {
+            if st.peers.get(&n.name).is_some_and(|p| p.source != "api") {
                 continue;
             }
             st.peers.insert(
@@ -863,6 +1029,7 @@ impl Agent {
                         .vtep_mac
                         .unwrap_or_else(|| sluice_dataplane::table::default_vtep_mac(n.node_ip)),
                     mode: n.mode.unwrap_or(s.mode),
+                    more_cidrs: Vec::new(),
                     source: "api",
                 },
             );
@@ -912,6 +1079,9 @@ impl Agent {
             "pods": st.eps.len(),
             "pods_attached": st.eps.values().filter(|e| e.port.is_some()).count(),
             "peers": st.peers.len(),
+            "pod_blocks": st.ipam.blocks().iter().map(Prefix::to_string).collect::<Vec<_>>(),
+            "remote_endpoints": st.remote_eps.len(),
+            "datastore": if self.datastore.get().is_some() { "etcd" } else { "file" },
             "addresses_free": st.ipam.free_count(),
             "tables_generation": self.tables.load().generation,
             "last_error": st.last_error,
@@ -977,10 +1147,12 @@ impl Agent {
         self.runtime.wake_all();
         let workers = self.runtime.stats();
         let mut total = Counters::default();
+        let mut policy_total = sluice_dataplane::policy::PolicyStats::default();
         let mut ports = Vec::new();
         let mut per_worker = Vec::new();
         for w in &workers {
             total.add(&w.counters);
+            policy_total.add(&w.policy);
             per_worker.push(json!({
                 "worker": w.worker, "busy_polls": w.busy_polls, "idle_polls": w.idle_polls,
                 "sleeps": w.sleeps, "rx_packets": w.counters.rx_packets, "drops": w.counters.total_drops(),
@@ -1004,8 +1176,13 @@ impl Agent {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), json!(v)))
             .collect();
+        let policy: serde_json::Map<String, serde_json::Value> = policy_total
+            .named()
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), json!(v)))
+            .collect();
         let cni = self.lock().cni_ops.clone();
-        json!({"counters": counters, "drops": drops, "ports": ports, "workers": per_worker, "cni_ops": cni})
+        json!({"counters": counters, "drops": drops, "policy": policy, "ports": ports, "workers": per_worker, "cni_ops": cni})
     }
 }
 
@@ -1040,6 +1217,7 @@ fn object_json(o: &Object) -> Option<String> {
         Object::Namespace(x) => serde_json::to_string(x).ok(),
         Object::Pod(x) => serde_json::to_string(x).ok(),
         Object::NetworkPolicy(x) => serde_json::to_string(x).ok(),
+        Object::AdminNetworkPolicy(x) => serde_json::to_string(x).ok(),
     }
 }
 
@@ -1076,6 +1254,26 @@ impl Agent {
 }
 
 /// Feeds one applied (or deleted) object to the policy compiler.
+/// Why the policy stage decided as it did for `flow`: the policies selecting
+/// that side and the rule that allowed it (from the compiled model, as
+/// `sluicectl policy explain` says it).
+fn policy_rule(st: &State, flow: &sluice_dataplane::flow::FlowKey, egress: bool) -> Option<String> {
+    let proto = sluice_dataplane::policy::Protocol::from_number(flow.proto)?;
+    let x = st.policy.explain(
+        &policy::Target::Ip(flow.src_addr()),
+        &policy::Target::Ip(flow.dst_addr()),
+        flow.dport,
+        proto,
+    );
+    let side = if egress { &x.egress } else { &x.ingress };
+    let names: Vec<String> = side.policies.iter().map(|p| p.to_string()).collect();
+    Some(match (&side.rule, side.isolated) {
+        (_, false) => "not isolated".to_owned(),
+        (Some(r), _) => format!("allowed by {r}"),
+        (None, true) => format!("isolated by {}, no rule allows it", names.join(", ")),
+    })
+}
+
 fn feed_policy(
     c: &mut policy::Compiler,
     o: &Object,
@@ -1085,6 +1283,11 @@ fn feed_policy(
         (Object::Namespace(n), true) => c.upsert_namespace(n),
         (Object::Pod(p), true) => c.upsert_pod(p),
         (Object::NetworkPolicy(np), true) => c.upsert_policy(np),
+        (Object::AdminNetworkPolicy(anp), true) => Ok(c.upsert_admin_policy(anp)?),
+        (Object::AdminNetworkPolicy(_), false) => {
+            c.remove_admin_policy(&o.key().name);
+            Ok(())
+        }
         (Object::Namespace(_), false) => {
             c.remove_namespace(&o.key().name);
             Ok(())
@@ -1106,5 +1309,213 @@ fn feed_policy(
             Ok(())
         }
         (Object::Node(_), _) => Ok(()),
+    }
+}
+
+/// Feeds one applied (or deleted) object to the policy compiler, giving Pods
+/// the address their endpoint on another node has (etcd datastore).
+fn feed_object(st: &mut State, o: &Object, apply: bool) -> Result<(), policy::PolicyError> {
+    if let Object::Pod(_) = o {
+        let k = o.key();
+        let key = policy::PodKey::new(k.namespace.clone().unwrap_or_default(), k.name.clone());
+        if let Some(&ip) = st.remote_eps.get(&key) {
+            let applied = match (apply, o) {
+                (true, Object::Pod(p)) => Some(p.clone()),
+                _ => None,
+            };
+            return st.policy.upsert_pod(&remote_pod(&key, applied, ip));
+        }
+    }
+    feed_policy(&mut st.policy, o, apply)
+}
+
+/// A pod on another node as the compiler sees it: the applied object (labels,
+/// ports) when there is one, with the endpoint's address.
+fn remote_pod(
+    key: &policy::PodKey,
+    applied: Option<k8s_openapi::api::core::v1::Pod>,
+    ip: Ipv4Addr,
+) -> k8s_openapi::api::core::v1::Pod {
+    let mut p = applied.unwrap_or_default();
+    p.metadata.namespace = Some(key.namespace.clone());
+    p.metadata.name = Some(key.name.clone());
+    let status = p.status.get_or_insert_with(Default::default);
+    status.pod_ip = Some(ip.to_string());
+    status.pod_ips = None;
+    p
+}
+
+// The cluster datastore's side of the agent (crate::datastore): its thread
+// feeds changes in batches; the agent hands it what to publish.
+impl Agent {
+    /// Connects the agent to the cluster datastore; false if it already is.
+    pub fn set_datastore(&self, link: crate::datastore::Link) -> bool {
+        self.datastore.set(link).is_ok()
+    }
+
+    /// With a datastore: claims one more block when no address is free. May
+    /// wait for etcd; called without the state lock.
+    fn ensure_free_address(&self) -> Result<(), ApiError> {
+        let Some(ds) = self.datastore.get() else {
+            return Ok(());
+        };
+        if self.lock().ipam.free_count() > 0 {
+            return Ok(());
+        }
+        let block = ds.claim_block().map_err(|e| {
+            ApiError::new(
+                code::POOL_EXHAUSTED,
+                format!("no free address in this node's blocks and no new block: {e}"),
+            )
+        })?;
+        self.add_block(block)
+            .map_err(|e| ApiError::new(code::INTERNAL, format!("new block {block}: {e}")))
+    }
+
+    /// `sluicectl node remove NAME`: frees a node's blocks in the datastore.
+    fn node_remove(&self, name: &str) -> ApiResult {
+        let Some(ds) = self.datastore.get() else {
+            return Err(ApiError::new(
+                code::INVALID_REQUEST,
+                format!("node remove {name}: this node uses the file datastore, where peers are static: expected datastore = \"etcd\""),
+            ));
+        };
+        let released = ds
+            .remove_node(name)
+            .map_err(|e| ApiError::new(code::IO_FAILURE, format!("node remove {name}: {e}")))?;
+        let blocks: Vec<String> = released.iter().map(Prefix::to_string).collect();
+        tracing::info!(node = %name, blocks = ?blocks, "node removed from the datastore");
+        Ok(Answer::Json(
+            json!({"node": name, "released_blocks": blocks}),
+        ))
+    }
+
+    /// Adds a pod block this node holds (claimed in the datastore).
+    pub fn add_block(&self, block: Prefix) -> Result<(), IpamError> {
+        let mut st = self.lock();
+        if st.ipam.blocks().contains(&block) {
+            return Ok(());
+        }
+        st.ipam.add_block(block)?;
+        tracing::info!(%block, "pod block added");
+        self.publish(&mut st);
+        Ok(())
+    }
+
+    /// The pod blocks this node allocates from.
+    pub fn blocks(&self) -> Vec<Prefix> {
+        self.lock().ipam.blocks().to_vec()
+    }
+
+    /// Attached pods with a Kubernetes name: (namespace, name, address).
+    pub fn named_endpoints(&self) -> Vec<(String, String, Ipv4Addr)> {
+        self.lock()
+            .eps
+            .values()
+            .filter_map(|e| {
+                let r = &e.rec;
+                Some((r.pod_namespace.clone()?, r.pod_name.clone()?, r.ip))
+            })
+            .collect()
+    }
+
+    /// Applies a batch of changes seen in the datastore, then publishes the
+    /// tables once.
+    pub fn apply_cluster(&self, changes: Vec<crate::datastore::ClusterChange>) {
+        use crate::datastore::ClusterChange as C;
+        if changes.is_empty() {
+            return;
+        }
+        let mut st = self.lock();
+        let mut peers_changed = false;
+        let mut objects_changed = false;
+        for c in changes {
+            match c {
+                C::Peer(p) => {
+                    if p.name == self.settings.node_name || st.peers.get(&p.name) == Some(&p) {
+                        continue;
+                    }
+                    tracing::info!(peer = %p.name, node_ip = %p.node_ip, pod_cidr = %p.pod_cidr,
+                        more = p.more_cidrs.len(), "peer from datastore");
+                    st.peers.insert(p.name.clone(), p);
+                    peers_changed = true;
+                }
+                C::PeerGone(name) => {
+                    if st.peers.get(&name).is_some_and(|p| p.source == "etcd") {
+                        st.peers.remove(&name);
+                        tracing::info!(peer = %name, "peer gone from datastore");
+                        peers_changed = true;
+                    }
+                }
+                C::Endpoint {
+                    namespace,
+                    name,
+                    ip,
+                } => {
+                    let key = policy::PodKey::new(namespace.as_str(), name.as_str());
+                    let changed = match ip {
+                        Some(ip) => st.remote_eps.insert(key.clone(), ip) != Some(ip),
+                        None => st.remote_eps.remove(&key).is_some(),
+                    };
+                    if !changed {
+                        continue;
+                    }
+                    let applied = match st.objects.get(&k8s::ObjectKey::pod(namespace, name)) {
+                        Some(Object::Pod(p)) => Some(p.clone()),
+                        _ => None,
+                    };
+                    let r = match (ip, applied) {
+                        (Some(ip), applied) => st.policy.upsert_pod(&remote_pod(&key, applied, ip)),
+                        (None, Some(p)) => st.policy.upsert_pod(&p),
+                        (None, None) => {
+                            st.policy.remove_pod(&key);
+                            Ok(())
+                        }
+                    };
+                    if let Err(e) = r {
+                        tracing::warn!(pod = %key, error = %e, "remote endpoint not compiled");
+                    }
+                }
+                C::Object(doc) => match k8s::parse_documents(&doc) {
+                    Ok(objs) => {
+                        for o in objs {
+                            let same = st.objects.get(&o.key()) == Some(&o);
+                            if same {
+                                continue;
+                            }
+                            if let Err(e) = feed_object(&mut st, &o, true) {
+                                tracing::warn!(object = %o.key(), error = %e, "not compiled");
+                            }
+                            tracing::info!(object = %o.key(), "object from datastore");
+                            st.objects.apply(o);
+                            objects_changed = true;
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "object from datastore skipped"),
+                },
+                C::ObjectGone(key) => {
+                    let Some(o) = st.objects.get(&key).cloned() else {
+                        continue;
+                    };
+                    if let Err(e) = feed_object(&mut st, &o, false) {
+                        tracing::warn!(object = %key, error = %e, "not compiled");
+                    }
+                    tracing::info!(object = %key, "object deleted in datastore");
+                    st.objects.delete(&key);
+                    objects_changed = true;
+                }
+            }
+        }
+        if objects_changed {
+            self.sync_peers(&mut st);
+            st.file.applied_objects = st.objects.iter().filter_map(object_json).collect();
+            if let Err(e) = self.save(&mut st) {
+                tracing::warn!(error = %e.msg, "objects from datastore not saved");
+            }
+        }
+        if peers_changed || objects_changed {
+            self.refresh_neighbours(&mut st);
+        }
+        self.publish(&mut st);
     }
 }

@@ -486,11 +486,58 @@ impl Collector for Snapshot {
                 .map(|r| ([r.name().to_owned()], total.drop_count(*r))),
         )?;
 
-        // Policy and conntrack: to come with the NetworkPolicy work. Add their
-        // families here, gathered into `Snapshot` like the rest (planned:
-        // sluice_policy_verdicts_total{direction, verdict},
-        // sluice_conntrack_entries, sluice_conntrack_evictions_total). Policy
-        // drops already show in sluice_drops_total{reason="policy_denied_*"}.
+        // Policy and conntrack, summed over workers (each keeps its own).
+        let mut p = sluice_dataplane::policy::PolicyStats::default();
+        self.workers.iter().for_each(|w| p.add(&w.policy));
+        family(
+            e,
+            "policy_verdicts",
+            "Packets the NetworkPolicy stages let through or dropped, by direction",
+            MetricType::Counter,
+            ["direction", "verdict"],
+            [
+                (["egress".into(), "allowed".into()], p.allowed_egress),
+                (["egress".into(), "denied".into()], p.denied_egress),
+                (["ingress".into(), "allowed".into()], p.allowed_ingress),
+                (["ingress".into(), "denied".into()], p.denied_ingress),
+            ],
+        )?;
+        counter(
+            e,
+            "policy_new_flows",
+            "New flows classified and allowed (later packets hit the connection table)",
+            p.new_flows,
+        )?;
+        gauge(
+            e,
+            "conntrack_entries",
+            "Live connection-table entries",
+            p.conntrack_entries,
+        )?;
+        counter(
+            e,
+            "conntrack_inserts",
+            "Connection-table entries created",
+            p.conntrack_inserts,
+        )?;
+        counter(
+            e,
+            "conntrack_evictions",
+            "Connection-table entries evicted after their idle timeout",
+            p.conntrack_evictions,
+        )?;
+        counter(
+            e,
+            "conntrack_removed",
+            "Connection-table entries removed early (address reused, stale, reopened)",
+            p.conntrack_removed,
+        )?;
+        counter(
+            e,
+            "conntrack_full",
+            "New flows refused because the connection table was full of live entries",
+            p.conntrack_full,
+        )?;
 
         // Tables and state.
         family(
