@@ -7,6 +7,7 @@ pub mod metrics;
 pub mod net;
 pub mod notify;
 pub mod pod;
+pub mod recover;
 pub mod server;
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -63,19 +64,43 @@ pub struct Settings {
     pub metrics_listen: SocketAddr,
     pub host_port: bool,
     pub host_ifname: String,
-    /// Connection-tracking entries per worker.
+    /// Connection-tracking entries of the node (one worker's table, or the
+    /// table all workers share when there are several).
     pub conntrack_size: usize,
     pub peers: Vec<PeerSpec>,
+    /// When the state file and its backup are both unusable, set them aside and
+    /// rebuild the endpoints from the pod TAPs (`sluiced --recover`, see [`recover`]).
+    pub recover: bool,
+    /// Further pod blocks this node holds besides `pod_cidr` (etcd datastore).
+    pub more_blocks: Vec<Prefix>,
+    /// The etcd datastore, when the node uses one (`datastore = "etcd"`).
+    pub etcd: Option<crate::datastore::etcd::EtcdSettings>,
 }
 
 impl Settings {
-    /// The daemon's settings from a resolved configuration (file datastore).
+    /// The daemon's settings from a resolved configuration. With `datastore = "etcd"` the
+    /// node's pod blocks are the ones it claimed before (state directory), else it claims its
+    /// first block now: that may wait for etcd.
     pub fn from_resolved(r: &crate::config::Resolved) -> Result<Settings, DaemonError> {
         use crate::config::UplinkBackend;
-        let pod_cidr = r.pod_cidr.ok_or_else(|| DaemonError::Config {
-            key: "pod_cidr",
-            reason: "required: this build keeps cluster state in the local file store".into(),
-        })?;
+        let etcd = crate::datastore::etcd::EtcdSettings::from_resolved(r);
+        let (pod_cidr, more_blocks) = match &etcd {
+            Some(e) => {
+                let blocks = crate::datastore::etcd::initial_blocks(e, r.pod_cidr)?;
+                let (first, more) = blocks.split_first().ok_or(DaemonError::Config {
+                    key: "cluster_cidr",
+                    reason: "no pod block could be claimed".into(),
+                })?;
+                (*first, more.to_vec())
+            }
+            None => (
+                r.pod_cidr.ok_or_else(|| DaemonError::Config {
+                    key: "pod_cidr",
+                    reason: "required with the file datastore".into(),
+                })?,
+                Vec::new(),
+            ),
+        };
         Ok(Settings {
             node_name: r.node_name.clone(),
             mode: r.mode,
@@ -109,6 +134,9 @@ impl Settings {
                     vtep_mac: Some(p.vtep_mac),
                 })
                 .collect(),
+            recover: false,
+            more_blocks,
+            etcd,
         })
     }
 }
@@ -136,6 +164,8 @@ pub enum DaemonError {
     },
     #[error("starting workers: {0}")]
     Runtime(std::io::Error),
+    #[error("cluster datastore: {0}")]
+    Datastore(#[from] crate::datastore::DatastoreError),
 }
 
 /// Opens the uplink port with the configured backend.
@@ -145,7 +175,13 @@ fn open_uplink(
     let vxlan = (s.mode == Mode::Vxlan).then_some(s.vxlan_port);
     let ipip = s.mode == Mode::Ipip;
     let native: Vec<(Ipv4Addr, u8)> = if s.mode == Mode::Native {
-        vec![(s.pod_cidr.addr(), s.pod_cidr.prefix_len())]
+        // With etcd the node may claim more blocks later: take the whole pod range.
+        let p = if s.etcd.is_some() {
+            s.cluster_cidr
+        } else {
+            s.pod_cidr
+        };
+        vec![(p.addr(), p.prefix_len())]
     } else {
         vec![]
     };
@@ -217,8 +253,15 @@ pub fn run(s: Settings, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
         conntrack: ct,
         ..enforcer::Config::default()
     };
-    let runtime = Runtime::start(&rt_cfg, &tables, || NetPolicy::new(policy_cfg))
-        .map_err(DaemonError::Runtime)?;
+    // With several workers a connection's two directions may be classified
+    // on different workers (ports have owners): they share one sharded table.
+    let shared_ct = (rt_cfg.workers > 1)
+        .then(|| Arc::new(conntrack::SharedTable::new(ct, conntrack::DEFAULT_SHARDS)));
+    let runtime = Runtime::start(&rt_cfg, &tables, || match &shared_ct {
+        Some(t) => NetPolicy::with_shared(policy_cfg, t.clone()),
+        None => NetPolicy::new(policy_cfg),
+    })
+    .map_err(DaemonError::Runtime)?;
 
     let (up, backend, reason, _sinks) = open_uplink(&s)?;
     tracing::info!(backend = %backend, reason = %reason, uplink = %s.uplink, "uplink backend chosen");
@@ -241,6 +284,10 @@ pub fn run(s: Settings, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
     })?;
     let api_path = s.api_socket.clone();
     let agent = agent::Agent::new(s, uplink, tables, runtime, backend, reason, host_mac)?;
+    let _datastore = match agent.settings.etcd.clone() {
+        Some(e) => Some(crate::datastore::etcd::start(e, agent.clone())?),
+        None => None,
+    };
     let _server = server::Server::start(listener, api_path, agent.clone());
     let _metrics = metrics::serve(agent.settings.metrics_listen, agent.clone()).map_err(|e| {
         DaemonError::Config {

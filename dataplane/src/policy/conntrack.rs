@@ -1,5 +1,5 @@
-//! Connection tracking: one worker's table of the connections it has let
-//! through, so established flows and their replies skip the classifier.
+//! Connection tracking: a table of the connections policy has let through,
+//! so established flows and their replies skip the classifier.
 //!
 //! * Key: the 5-tuple normalised so both directions find one entry (the lower
 //!   `(address, port)` end first); the entry remembers which end opened it.
@@ -15,14 +15,18 @@
 //!   refuses, and the runtime may call [`Table::sweep`] between batches. A
 //!   table full of live entries refuses new flows ([`Full`]), counted.
 //!
-//! A connection must be seen by one worker in both directions: the runtime
-//! steers packets to workers by [`symmetric_hash`] (or runs one worker).
+//! A connection's two directions must find one entry: one worker owns a
+//! [`Table`] alone, and several workers share a [`SharedTable`], shards of
+//! tables behind locks, picked by [`symmetric_hash`] (the same for both
+//! directions).
 //!
 //! Call order per packet: [`Table::lookup`]; on a hit [`Table::update`]
 //! (which may say the connection was closed and a new one is starting); on a
 //! miss, after the policy allowed the flow, [`Table::insert`].
 
 use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use hashbrown::HashTable;
@@ -81,7 +85,8 @@ impl Default for Timeouts {
 /// A table's size and timeouts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Config {
-    /// Most entries held (per worker); memory is reserved for all of them.
+    /// Most entries held (per worker, or per node for a [`SharedTable`]);
+    /// memory is reserved for all of them.
     pub capacity: usize,
     pub timeouts: Timeouts,
 }
@@ -155,7 +160,7 @@ pub struct Tag {
     pub gen_hi: u32,
 }
 
-/// The table counters (per worker, plain integers).
+/// The table counters (per table, plain integers).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Counters {
     /// Live entries now.
@@ -280,8 +285,8 @@ pub fn ends(k: &FlowKey) -> (u32, u32) {
     (key.lo, key.hi)
 }
 
-/// A hash of the 5-tuple that both directions share: steer packets to
-/// workers by it, so each connection lives in one worker's table.
+/// A hash of the 5-tuple that both directions share: a [`SharedTable`] picks
+/// shards by it (and a runtime could steer packets to workers by it).
 #[inline]
 pub fn symmetric_hash(k: &FlowKey) -> u64 {
     Key::of(k).0.steering_hash()
@@ -339,7 +344,8 @@ const SWEEP_ON_INSERT: usize = 2;
 /// Slots checked before refusing a flow because the table is full.
 const SWEEP_WHEN_FULL: usize = 64;
 
-/// One worker's connection table. See the module documentation.
+/// One worker's connection table (or one shard of a [`SharedTable`]). See
+/// the module documentation.
 #[derive(Debug)]
 pub struct Table {
     index: HashTable<u32>,
@@ -677,6 +683,135 @@ impl Table {
     }
 }
 
+/// Shards of a [`SharedTable`] unless told otherwise: enough that workers
+/// rarely meet on one lock, few enough that each keeps a useful size.
+pub const DEFAULT_SHARDS: usize = 64;
+
+/// One shard, on its own cache lines so workers locking neighbouring shards
+/// do not contend for one line.
+#[derive(Debug)]
+#[repr(align(128))]
+struct Shard(Mutex<Table>);
+
+/// The node's connection table when several workers enforce policy: the
+/// workers' [`Table`]s joined into one, split in shards each behind its own
+/// lock. A flow's shard is chosen by [`symmetric_hash`], so both directions
+/// of a connection find one entry whichever worker sees them.
+///
+/// [`Config::capacity`] is for the whole table, split evenly between the
+/// shards (rounded up); a shard full of live entries refuses new flows on its
+/// own.
+#[derive(Debug)]
+pub struct SharedTable {
+    shards: Box<[Shard]>,
+    /// `shards.len() - 1` (a power of two).
+    mask: usize,
+    /// Set once a worker has been elected to report the counters.
+    reporter: AtomicBool,
+}
+
+impl SharedTable {
+    /// A table of `cfg.capacity` entries in `shards` shards (rounded up to a
+    /// power of two, between 1 and 4096), all memory reserved.
+    pub fn new(cfg: Config, shards: usize) -> SharedTable {
+        let n = shards.clamp(1, 4096).next_power_of_two();
+        let per_shard = Config {
+            capacity: cfg.capacity.div_ceil(n).max(1),
+            ..cfg
+        };
+        SharedTable {
+            shards: (0..n)
+                .map(|_| Shard(Mutex::new(Table::new(per_shard))))
+                .collect(),
+            mask: n - 1,
+            reporter: AtomicBool::new(false),
+        }
+    }
+
+    /// The shard of a flow (either direction), locked. A shard whose holder
+    /// panicked is used as it is: a half-done operation at worst loses or
+    /// miscounts one entry, where refusing the shard would cut its flows.
+    #[inline]
+    pub fn shard(&self, k: &FlowKey) -> MutexGuard<'_, Table> {
+        // The high half: the table's own index uses its seeded hash, so the
+        // two stay independent either way.
+        let i = (symmetric_hash(k) >> 32) as usize & self.mask;
+        lock(&self.shards[i].0)
+    }
+
+    /// True for the first caller only: the one worker that reports the
+    /// table's counters.
+    pub fn elect_reporter(&self) -> bool {
+        // Relaxed: the flag publishes nothing; only its atomicity matters.
+        !self.reporter.swap(true, Ordering::Relaxed)
+    }
+
+    pub fn shards(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Entries the table holds at most (the shards' capacities summed).
+    pub fn capacity(&self) -> usize {
+        self.each(|t| t.capacity()).sum()
+    }
+
+    /// Live entries.
+    pub fn len(&self) -> usize {
+        self.each(|t| t.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The shards' counters summed.
+    pub fn counters(&self) -> Counters {
+        self.each(|t| *t.counters())
+            .fold(Counters::default(), |a, c| Counters {
+                entries: a.entries + c.entries,
+                inserts: a.inserts + c.inserts,
+                evictions: a.evictions + c.evictions,
+                removed: a.removed + c.removed,
+                full: a.full + c.full,
+            })
+    }
+
+    /// The entry of a flow (either direction), without touching it.
+    pub fn get(&self, k: &FlowKey) -> Option<EntryInfo> {
+        self.shard(k).get(k)
+    }
+
+    /// Removes every entry with `ip` at either end, shard by shard; returns
+    /// how many.
+    pub fn flush_ip(&self, ip: Ipv4Addr) -> usize {
+        self.each(|t| t.flush_ip(ip)).sum()
+    }
+
+    /// [`Table::sweep`] on every shard with `budget` slots each; returns how
+    /// many entries were removed.
+    pub fn sweep(&self, now: u64, budget: usize) -> usize {
+        self.each(|t| t.sweep(now, budget)).sum()
+    }
+
+    /// Bytes reserved for the table.
+    pub fn memory(&self) -> usize {
+        self.each(|t| t.memory()).sum::<usize>() + std::mem::size_of_val(&*self.shards)
+    }
+
+    /// Runs `f` on each shard in turn, holding one lock at a time.
+    fn each<'a, R: 'a>(
+        &'a self,
+        mut f: impl FnMut(&mut Table) -> R + 'a,
+    ) -> impl Iterator<Item = R> + 'a {
+        self.shards.iter().map(move |s| f(&mut lock(&s.0)))
+    }
+}
+
+#[inline]
+fn lock(m: &Mutex<Table>) -> MutexGuard<'_, Table> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// Advances an entry with a packet.
 #[inline(always)]
 fn step(e: &mut Entry, timeouts: &[u64; 10], dir: Dir, flags: u8, now: u64) -> Update {
@@ -886,5 +1021,52 @@ mod tests {
         assert_eq!(t.update(h, Dir::Orig, ACK, 0), Update::Reopen);
         assert_eq!(t.iter().count(), 1);
         assert_eq!(symmetric_hash(&a), symmetric_hash(&a.reversed()));
+    }
+
+    #[test]
+    fn shared_table_splits_and_joins() {
+        let s = SharedTable::new(
+            Config {
+                capacity: 100,
+                timeouts: Timeouts::default(),
+            },
+            5,
+        );
+        assert_eq!((s.shards(), s.capacity()), (8, 8 * 13));
+        // Both directions of a connection find its one entry.
+        let a = tcp([198, 19, 1, 10], 1, [198, 19, 2, 10], 80);
+        s.shard(&a).insert(&a, SYN, 0, Tag::default()).unwrap();
+        assert_eq!(s.shard(&a.reversed()).get(&a.reversed()).unwrap().orig, a);
+        assert_eq!(s.get(&a.reversed()).unwrap().orig, a);
+        for p in 2..50 {
+            let k = tcp([198, 19, 2, 10], 80, [198, 19, 1, 10], p);
+            s.shard(&k).insert(&k, SYN, 0, Tag::default()).unwrap();
+        }
+        let u = FlowKey {
+            proto: 17,
+            ..tcp([198, 19, 1, 11], 1, [198, 19, 3, 10], 53)
+        };
+        s.shard(&u).insert(&u, 0, 0, Tag::default()).unwrap();
+        assert_eq!(s.len(), 50);
+        assert_eq!(s.counters().inserts, 50);
+        // Spread: no shard holds them all.
+        assert!(s.shards.iter().all(|sh| lock(&sh.0).len() < 50));
+        assert_eq!(s.flush_ip(Ipv4Addr::new(198, 19, 2, 10)), 49);
+        // The UDP entry idles out after 30 s.
+        assert_eq!(s.sweep(31 * SEC, 100), 1);
+        assert!(s.is_empty());
+        let c = s.counters();
+        assert_eq!((c.entries, c.removed, c.evictions), (0, 49, 1));
+        assert!(s.elect_reporter() && !s.elect_reporter());
+        assert!(s.memory() > 0);
+        // Degenerate sizes still make a usable table.
+        let one = SharedTable::new(
+            Config {
+                capacity: 0,
+                timeouts: Timeouts::default(),
+            },
+            0,
+        );
+        assert_eq!((one.shards(), one.capacity()), (1, 1));
     }
 }

@@ -11,6 +11,18 @@
 //! Connections are tracked only when a local endpoint they touch is isolated
 //! in some direction: that is when a reply needs the entry.
 //!
+//! # Several workers
+//! Ports belong to workers (a pod's port to one, the uplink maybe to
+//! another), so the two directions of a connection may be seen by different
+//! workers. With one worker, [`NetPolicy::new`] keeps its own table and takes
+//! no lock. With more, every worker's `NetPolicy` is made with
+//! [`NetPolicy::with_shared`] over one [`SharedTable`]: the node's connections
+//! split in shards, each behind its own lock, chosen by
+//! [`conntrack::symmetric_hash`] so both directions meet in one shard. A
+//! packet of an isolated endpoint holds one shard's lock for its lookup (and
+//! the insert of a new flow); an ICMP error takes the quoted connection's
+//! shard after releasing its own, so no worker ever holds two.
+//!
 //! # Policy changes
 //! New connections always see the policy of the snapshot in force. Existing
 //! connections are kept by default ([`OnPolicyChange::KeepEstablished`], as
@@ -32,13 +44,17 @@
 //! * Fragments after the first carry no ports: they are classified on their
 //!   own with port 0, so rules that name ports drop them (the fast path does
 //!   not reassemble).
-//! * A connection must be seen by one worker in both directions: the
-//!   runtime steers by [`conntrack::symmetric_hash`] or gives a pod's port
-//!   and the uplink's flows of that pod to the same worker.
+//! * Workers sharing a table must read one clock: entries' timeouts are in
+//!   the `now` of whichever worker touched them last (the runtime's workers
+//!   start their clocks microseconds apart, far below any timeout).
+//! * A shard fills on its own: with [`conntrack::Config::capacity`] split
+//!   evenly, a node refuses a new flow ([`DropReason::ConntrackFull`]) when
+//!   its shard is full, which the hash makes unlikely before the whole table
+//!   nears full.
 
 use std::sync::Arc;
 
-use super::conntrack::{self, Dir, Handle, Hit, Tag, Update};
+use super::conntrack::{self, Dir, Handle, Hit, SharedTable, Tag, Update};
 use super::{EndpointPolicy, Policy, PolicyTables, Verdict};
 use crate::buf::{Meta, Packet, PortId};
 use crate::drop::DropReason;
@@ -74,12 +90,30 @@ pub struct Counters {
     pub stale: u64,
     /// Entries cut by [`OnPolicyChange::Recheck`].
     pub recheck_cut: u64,
+    /// Packets let through / dropped, per direction.
+    pub allowed_egress: u64,
+    pub allowed_ingress: u64,
+    pub denied_egress: u64,
+    pub denied_ingress: u64,
 }
 
 /// NetworkPolicy for one worker. See the module documentation.
 #[derive(Debug)]
 pub struct NetPolicy {
+    /// The worker's own connections (empty when `shared` is set).
     ct: conntrack::Table,
+    /// The node's connections, when several workers enforce.
+    shared: Option<Arc<SharedTable>>,
+    /// Whether [`Policy::stats`] reports the shared table's counters (one
+    /// worker does, so a sum over workers counts each entry once).
+    reports_shared: bool,
+    e: Enforcer,
+}
+
+/// Everything but the connection table: the table is passed in, the
+/// worker's own or a locked shard.
+#[derive(Debug)]
+struct Enforcer {
     on_change: OnPolicyChange,
     counters: Counters,
     /// The snapshot `slots` was built for (held, so pointers stay unique).
@@ -90,6 +124,26 @@ pub struct NetPolicy {
     snapshot: u32,
 }
 
+/// Where the entry of a flow lives: the worker's own table, or the shard of
+/// the shared one (locked for the duration of `f`).
+trait Conns {
+    fn with<R>(&mut self, key: &FlowKey, f: impl FnOnce(&mut conntrack::Table) -> R) -> R;
+}
+
+impl Conns for conntrack::Table {
+    #[inline(always)]
+    fn with<R>(&mut self, _: &FlowKey, f: impl FnOnce(&mut conntrack::Table) -> R) -> R {
+        f(self)
+    }
+}
+
+impl Conns for &SharedTable {
+    #[inline]
+    fn with<R>(&mut self, key: &FlowKey, f: impl FnOnce(&mut conntrack::Table) -> R) -> R {
+        f(&mut self.shard(key))
+    }
+}
+
 impl Default for NetPolicy {
     fn default() -> Self {
         NetPolicy::new(Config::default())
@@ -97,29 +151,102 @@ impl Default for NetPolicy {
 }
 
 impl NetPolicy {
+    /// A worker with its own connection table (one worker per node, or a
+    /// runtime that steers both directions of a flow to one worker).
     pub fn new(cfg: Config) -> NetPolicy {
         NetPolicy {
             ct: conntrack::Table::new(cfg.conntrack),
-            on_change: cfg.on_policy_change,
+            shared: None,
+            reports_shared: false,
+            e: Enforcer::new(cfg.on_policy_change),
+        }
+    }
+
+    /// A worker tracking connections in the node's `shared` table (made once
+    /// from `cfg.conntrack`, see [`SharedTable::new`]). The first `NetPolicy`
+    /// made over a table reports its counters in [`Policy::stats`]; the
+    /// others report zero for them.
+    pub fn with_shared(cfg: Config, shared: Arc<SharedTable>) -> NetPolicy {
+        let reports_shared = shared.elect_reporter();
+        NetPolicy {
+            // Unused: a minimal table, so no memory is reserved.
+            ct: conntrack::Table::new(conntrack::Config {
+                capacity: 1,
+                ..cfg.conntrack
+            }),
+            shared: Some(shared),
+            reports_shared,
+            e: Enforcer::new(cfg.on_policy_change),
+        }
+    }
+
+    /// The worker's own connection table (empty, unused, when the worker
+    /// shares one: see [`NetPolicy::shared`]).
+    pub fn conntrack(&self) -> &conntrack::Table {
+        &self.ct
+    }
+
+    /// The worker's own connection table, for the runtime's sweeps and flushes.
+    pub fn conntrack_mut(&mut self) -> &mut conntrack::Table {
+        &mut self.ct
+    }
+
+    /// The node's shared connection table, if this worker uses one.
+    pub fn shared(&self) -> Option<&Arc<SharedTable>> {
+        self.shared.as_ref()
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.e.counters
+    }
+
+    /// Whether a packet of `key` going `dir` would be let through now by the
+    /// connection table alone (operators, tests).
+    pub fn tracked(&self, key: &FlowKey) -> Option<Dir> {
+        let info = match &self.shared {
+            None => self.ct.get(key)?,
+            Some(s) => s.get(key)?,
+        };
+        Some(if info.orig == *key {
+            Dir::Orig
+        } else {
+            Dir::Reply
+        })
+    }
+
+    /// A packet of a flow that touches an isolated local endpoint.
+    #[inline(always)]
+    fn track(&mut self, pkt: &Packet, now: u64, trusted: bool) -> Verdict {
+        match &self.shared {
+            None => self.e.track(&mut self.ct, pkt, now, trusted),
+            Some(s) => track_shared(&mut self.e, s, pkt, now, trusted),
+        }
+    }
+}
+
+/// The shared-table path, kept out of line so the single-worker path stays
+/// as it was.
+#[inline(never)]
+fn track_shared(
+    e: &mut Enforcer,
+    mut s: &SharedTable,
+    pkt: &Packet,
+    now: u64,
+    trusted: bool,
+) -> Verdict {
+    e.track(&mut s, pkt, now, trusted)
+}
+
+impl Enforcer {
+    fn new(on_change: OnPolicyChange) -> Enforcer {
+        Enforcer {
+            on_change,
             counters: Counters::default(),
             policy: Arc::default(),
             endpoints: Arc::default(),
             slots: Vec::new(),
             snapshot: 0,
         }
-    }
-
-    pub fn conntrack(&self) -> &conntrack::Table {
-        &self.ct
-    }
-
-    /// The connection table, for the runtime's sweeps and flushes.
-    pub fn conntrack_mut(&mut self) -> &mut conntrack::Table {
-        &mut self.ct
-    }
-
-    pub fn counters(&self) -> &Counters {
-        &self.counters
     }
 
     /// Rebuilds the per-endpoint cache when the snapshot changed: two pointer
@@ -189,8 +316,8 @@ impl NetPolicy {
 
     /// Whether a tracked entry still holds under the current snapshot.
     #[cold]
-    fn revalidate(&mut self, h: Handle, tag: Tag) -> bool {
-        let Some((lo, hi)) = self.ct.addresses(h) else {
+    fn revalidate(&mut self, ct: &mut conntrack::Table, h: Handle, tag: Tag) -> bool {
+        let Some((lo, hi)) = ct.addresses(h) else {
             return false;
         };
         if self.policy.ip_generation(lo) != tag.gen_lo
@@ -200,7 +327,7 @@ impl NetPolicy {
             return false;
         }
         if self.on_change == OnPolicyChange::Recheck {
-            let Some(info) = self.ct.info(h) else {
+            let Some(info) = ct.info(h) else {
                 return false;
             };
             if self.classify(&info.orig).is_err() {
@@ -208,7 +335,7 @@ impl NetPolicy {
                 return false;
             }
         }
-        self.ct.set_tag(
+        ct.set_tag(
             h,
             Tag {
                 snapshot: self.snapshot,
@@ -220,40 +347,70 @@ impl NetPolicy {
 
     /// A packet of a flow that touches an isolated local endpoint. `trusted`:
     /// allowed whatever the policy (from the node), but tracked.
-    #[inline]
-    fn track(&mut self, pkt: &Packet, now: u64, trusted: bool) -> Verdict {
+    #[inline(always)]
+    fn track<C: Conns>(&mut self, ct: &mut C, pkt: &Packet, now: u64, trusted: bool) -> Verdict {
         let key = pkt.meta.flow;
         let flags = tcp_flags(pkt);
-        match self.ct.hit(&key, flags, now, self.snapshot) {
-            Hit::Tracked(_) => return Verdict::Allow,
-            Hit::Miss if key.proto == 1 => {
-                // An ICMP error about a tracked connection (Linux's
-                // RELATED): path MTU discovery must keep working.
-                if let Some(inner) = icmp_error_quote(pkt) {
-                    if self.ct.lookup(&inner, now).is_some() {
-                        return Verdict::Allow;
+        let done = ct.with(&key, |t| {
+            match t.hit(&key, flags, now, self.snapshot) {
+                Hit::Tracked(_) => return Ok(Verdict::Allow),
+                Hit::Miss if key.proto == 1 => {
+                    // Maybe an ICMP error about a tracked connection,
+                    // whose entry may live in another shard.
+                    if let Some(inner) = icmp_error_quote(pkt) {
+                        return Err(inner);
+                    }
+                }
+                Hit::Miss => {}
+                Hit::Reopen(h) => t.remove(h),
+                Hit::Check(h, dir) => {
+                    let tag = t.tag(h).unwrap_or_default();
+                    if self.revalidate(t, h, tag) {
+                        match t.update(h, dir, flags, now) {
+                            Update::Tracked => return Ok(Verdict::Allow),
+                            Update::Reopen => t.remove(h),
+                        }
+                    } else {
+                        t.remove(h);
                     }
                 }
             }
-            Hit::Miss => {}
-            Hit::Reopen(h) => self.ct.remove(h),
-            Hit::Check(h, dir) => {
-                let tag = self.ct.tag(h).unwrap_or_default();
-                if self.revalidate(h, tag) {
-                    match self.ct.update(h, dir, flags, now) {
-                        Update::Tracked => return Verdict::Allow,
-                        Update::Reopen => self.ct.remove(h),
-                    }
-                } else {
-                    self.ct.remove(h);
-                }
-            }
+            Ok(self.new_flow(t, &key, flags, now, trusted))
+        });
+        match done {
+            Ok(v) => v,
+            Err(inner) => self.icmp_error(ct, &key, &inner, now, trusted),
         }
-        self.new_flow(&key, flags, now, trusted)
+    }
+
+    /// An ICMP error quoting `inner` that has no entry of its own: allowed if
+    /// `inner` is tracked (Linux's RELATED: path MTU discovery must keep
+    /// working), else a new flow like any other.
+    #[cold]
+    #[inline(never)]
+    fn icmp_error<C: Conns>(
+        &mut self,
+        ct: &mut C,
+        key: &FlowKey,
+        inner: &FlowKey,
+        now: u64,
+        trusted: bool,
+    ) -> Verdict {
+        if ct.with(inner, |t| t.lookup(inner, now).is_some()) {
+            return Verdict::Allow;
+        }
+        ct.with(key, |t| self.new_flow(t, key, 0, now, trusted))
     }
 
     #[inline(never)]
-    fn new_flow(&mut self, key: &FlowKey, flags: u8, now: u64, trusted: bool) -> Verdict {
+    fn new_flow(
+        &mut self,
+        ct: &mut conntrack::Table,
+        key: &FlowKey,
+        flags: u8,
+        now: u64,
+        trusted: bool,
+    ) -> Verdict {
         if !trusted {
             if let Err(r) = self.classify(key) {
                 self.counters.denied += 1;
@@ -267,44 +424,79 @@ impl NetPolicy {
             gen_lo: self.policy.ip_generation(lo),
             gen_hi: self.policy.ip_generation(hi),
         };
-        match self.ct.insert(key, flags, now, tag) {
+        match ct.insert(key, flags, now, tag) {
             Ok(_) => Verdict::Allow,
             Err(_) => Verdict::Deny(DropReason::ConntrackFull),
         }
     }
-
-    /// Whether a packet of `key` going `dir` would be let through now by the
-    /// connection table alone (operators, tests).
-    pub fn tracked(&self, key: &FlowKey) -> Option<Dir> {
-        let info = self.ct.get(key)?;
-        Some(if info.orig == *key {
-            Dir::Orig
-        } else {
-            Dir::Reply
-        })
-    }
 }
 
-impl Policy for NetPolicy {
-    #[inline]
-    fn egress(&mut self, tables: &Tables, pkt: &Packet, now: u64) -> Verdict {
-        self.sync(tables);
-        if pkt.meta.src_ep == Meta::NO_EP || !self.slot(pkt.meta.src_ep).is_isolated() {
+impl NetPolicy {
+    #[inline(always)]
+    fn egress_verdict(&mut self, tables: &Tables, pkt: &Packet, now: u64) -> Verdict {
+        self.e.sync(tables);
+        if pkt.meta.src_ep == Meta::NO_EP || !self.e.slot(pkt.meta.src_ep).is_isolated() {
             return Verdict::Allow;
         }
         self.track(pkt, now, false)
     }
 
-    #[inline]
-    fn ingress(&mut self, tables: &Tables, pkt: &Packet, now: u64) -> Verdict {
-        self.sync(tables);
-        if pkt.meta.dst_ep == Meta::NO_EP || !self.slot(pkt.meta.dst_ep).is_isolated() {
+    #[inline(always)]
+    fn ingress_verdict(&mut self, tables: &Tables, pkt: &Packet, now: u64) -> Verdict {
+        self.e.sync(tables);
+        if pkt.meta.dst_ep == Meta::NO_EP || !self.e.slot(pkt.meta.dst_ep).is_isolated() {
             return Verdict::Allow;
         }
         self.track(pkt, now, pkt.meta.in_port == PortId::HOST)
     }
 }
 
+impl Policy for NetPolicy {
+    #[inline]
+    fn egress(&mut self, tables: &Tables, pkt: &Packet, now: u64) -> Verdict {
+        let v = self.egress_verdict(tables, pkt, now);
+        match v {
+            Verdict::Allow => self.e.counters.allowed_egress += 1,
+            Verdict::Deny(_) => self.e.counters.denied_egress += 1,
+        }
+        v
+    }
+
+    #[inline]
+    fn ingress(&mut self, tables: &Tables, pkt: &Packet, now: u64) -> Verdict {
+        let v = self.ingress_verdict(tables, pkt, now);
+        match v {
+            Verdict::Allow => self.e.counters.allowed_ingress += 1,
+            Verdict::Deny(_) => self.e.counters.denied_ingress += 1,
+        }
+        v
+    }
+
+    /// Verdict counters are this worker's. Table counters are this worker's
+    /// table's, or, over a shared table, the whole table's from the one
+    /// worker elected by [`NetPolicy::with_shared`] and zero from the others,
+    /// so the sum over workers counts every entry once.
+    fn stats(&self) -> super::PolicyStats {
+        let c = &self.e.counters;
+        let ct = match &self.shared {
+            None => *self.ct.counters(),
+            Some(s) if self.reports_shared => s.counters(),
+            Some(_) => conntrack::Counters::default(),
+        };
+        super::PolicyStats {
+            allowed_egress: c.allowed_egress,
+            allowed_ingress: c.allowed_ingress,
+            denied_egress: c.denied_egress,
+            denied_ingress: c.denied_ingress,
+            new_flows: c.new_flows,
+            conntrack_entries: ct.entries,
+            conntrack_inserts: ct.inserts,
+            conntrack_evictions: ct.evictions,
+            conntrack_removed: ct.removed,
+            conntrack_full: ct.full,
+        }
+    }
+}
 /// The 5-tuple quoted by an ICMP destination-unreachable, time-exceeded or
 /// parameter-problem message (the packet that caused it, as it was sent).
 fn icmp_error_quote(pkt: &Packet) -> Option<FlowKey> {
@@ -428,6 +620,8 @@ mod tests {
     struct H {
         h: TableHandle,
         pl: Pipeline<NetPolicy>,
+        /// A second worker, over the same shared table as `pl`.
+        other: Option<Pipeline<NetPolicy>>,
         pool: Pool,
         tx: TxQueues,
     }
@@ -439,11 +633,26 @@ mod tests {
             let mut me = H {
                 h,
                 pl,
+                other: None,
                 pool: Pool::new(64, DEFAULT_BUF_SIZE),
                 tx: TxQueues::default(),
             };
             me.set(p);
             me
+        }
+
+        /// Two workers over one shared table of `shards` shards; `pl` is
+        /// made first, so it reports the table's counters.
+        fn shared(p: PolicyTables, cfg: Config, shards: usize) -> H {
+            let s = Arc::new(SharedTable::new(cfg.conntrack, shards));
+            let mut me = H::new(p, cfg);
+            me.pl = Pipeline::new(&me.h, NetPolicy::with_shared(cfg, s.clone()));
+            me.other = Some(Pipeline::new(&me.h, NetPolicy::with_shared(cfg, s)));
+            me
+        }
+
+        fn other(&self) -> &Pipeline<NetPolicy> {
+            self.other.as_ref().expect("a second worker")
         }
 
         fn set(&mut self, p: PolicyTables) {
@@ -456,19 +665,32 @@ mod tests {
 
         /// Whether one frame received on `port` at `now` was forwarded.
         fn send(&mut self, port: PortId, frame: &[u8], now: u64) -> bool {
+            self.send_on(0, port, frame, now)
+        }
+
+        /// [`H::send`] through worker 0 (`pl`) or 1 (`other`).
+        fn send_on(&mut self, worker: usize, port: PortId, frame: &[u8], now: u64) -> bool {
             let mut b = Batch::new();
             let mut p = self.pool.alloc().unwrap();
             assert!(p.load(frame));
             b.push(p);
-            self.pl
-                .process(port, &mut b, now, &mut self.pool, &mut self.tx);
+            let pl = match worker {
+                0 => &mut self.pl,
+                _ => self.other.as_mut().expect("a second worker"),
+            };
+            pl.process(port, &mut b, now, &mut self.pool, &mut self.tx);
             let sent = self.tx.len() == 1;
             self.tx.clear(&mut self.pool);
             sent
         }
 
+        /// Drops on all workers.
         fn drops(&self, r: DropReason) -> u64 {
             self.pl.counters().drop_count(r)
+                + self
+                    .other
+                    .as_ref()
+                    .map_or(0, |o| o.counters().drop_count(r))
         }
     }
 
@@ -723,8 +945,20 @@ mod tests {
 
     #[test]
     fn icmp_errors_about_tracked_connections_pass() {
+        // One worker; then two sharing a table, the error on the other one
+        // (its entry and the quoted connection's sit in different shards).
+        for shared in [false, true] {
+            icmp_errors_pass(shared);
+        }
+    }
+
+    fn icmp_errors_pass(shared: bool) {
         let p = snapshot(&[(POD_A1, Some(rules(&[])), None)], &[]);
-        let mut h = H::new(p, Config::default());
+        let mut h = match shared {
+            false => H::new(p, Config::default()),
+            true => H::shared(p, Config::default(), conntrack::DEFAULT_SHARDS),
+        };
+        let w = usize::from(shared);
         let sent = from_a1(POD_B1, 40000, 53, None);
         assert!(h.send(POD_A1_PORT, &sent, 0));
         // A router on the way (here: node B) answers "fragmentation needed"
@@ -745,11 +979,84 @@ mod tests {
             ipv4::Packet::new_unchecked(&mut f[14..]).fill_checksum();
             vxlan_from_b(&f, 4096, NODE_B)
         };
-        assert!(h.send(PortId::UPLINK, &error(&sent), 1));
+        assert!(h.send_on(w, PortId::UPLINK, &error(&sent), 1));
         // One about a connection A1 never made does not.
         let other = from_a1(POD_B1, 40001, 53, None);
-        assert!(!h.send(PortId::UPLINK, &error(&other), 2));
+        assert!(!h.send_on(w, PortId::UPLINK, &error(&other), 2));
         assert_eq!(h.drops(DropReason::PolicyDeniedIngress), 1);
+    }
+
+    #[test]
+    fn workers_sharing_a_table_see_each_others_connections() {
+        // A1 accepts nothing. Worker 0 serves A1's port, worker 1 the uplink.
+        let p = snapshot(&[(POD_A1, Some(rules(&[])), None)], &[]);
+        let mut h = H::shared(p, Config::default(), conntrack::DEFAULT_SHARDS);
+        assert!(h.send_on(0, POD_A1_PORT, &from_a1(POD_B1, 40000, 53, None), 0));
+        assert!(h.send_on(1, PortId::UPLINK, &b1_to_a1(53, 40000, None), 1));
+        // A TCP handshake split between the workers.
+        assert!(h.send_on(0, POD_A1_PORT, &from_a1(POD_B1, 40001, 80, Some(SYN)), 2));
+        assert!(h.send_on(1, PortId::UPLINK, &b1_to_a1(80, 40001, Some(SYN | ACK)), 3));
+        assert!(h.send_on(0, POD_A1_PORT, &from_a1(POD_B1, 40001, 80, Some(ACK)), 4));
+        assert!(h.send_on(1, PortId::UPLINK, &b1_to_a1(80, 40001, Some(ACK)), 5));
+        let k = FlowKey {
+            src: u32::from(POD_A1),
+            dst: u32::from(POD_B1),
+            sport: 40001,
+            dport: 80,
+            proto: 6,
+        };
+        let s = h.pl.policy.shared().unwrap().clone();
+        assert_eq!(s.get(&k).unwrap().state, conntrack::State::TcpEstablished);
+        assert_eq!(h.other().policy.tracked(&k.reversed()), Some(Dir::Reply));
+        assert_eq!(h.pl.policy.tracked(&k), Some(Dir::Orig));
+        assert!(h.pl.policy.conntrack().is_empty());
+        // A new flow from B1 is still denied, whichever worker sees it.
+        assert!(!h.send_on(1, PortId::UPLINK, &b1_to_a1(53, 40002, None), 6));
+        assert!(!h.send_on(0, PortId::UPLINK, &b1_to_a1(53, 40003, None), 6));
+        assert_eq!(h.drops(DropReason::PolicyDeniedIngress), 2);
+        // Verdicts are counted per worker; the table once, by worker 0.
+        let (s0, s1) = (h.pl.policy.stats(), h.other().policy.stats());
+        assert_eq!((s0.new_flows, s1.new_flows), (2, 0));
+        assert_eq!((s0.allowed_ingress, s1.allowed_ingress), (0, 3));
+        assert_eq!((s0.denied_ingress, s1.denied_ingress), (1, 1));
+        assert_eq!((s0.conntrack_entries, s1.conntrack_entries), (2, 0));
+        assert_eq!((s0.conntrack_inserts, s1.conntrack_inserts), (2, 0));
+        assert_eq!(s.len(), 2);
+    }
+
+    #[test]
+    fn shared_table_drops_reused_addresses_and_fills() {
+        let deny = || Some(rules(&[]));
+        let gens = |g| [(POD_A1, g), (POD_B1, 7)];
+        let p = snapshot(&[(POD_A1, deny(), None)], &gens(1));
+        let mut h = H::shared(p, Config::default(), conntrack::DEFAULT_SHARDS);
+        assert!(h.send_on(0, POD_A1_PORT, &from_a1(POD_B1, 40000, 53, None), 0));
+        assert!(h.send_on(1, PortId::UPLINK, &b1_to_a1(53, 40000, None), 1));
+        // A new pod gets A1's address: the old flow is gone on either worker.
+        h.set(snapshot(&[(POD_A1, deny(), None)], &gens(2)));
+        assert!(!h.send_on(1, PortId::UPLINK, &b1_to_a1(53, 40000, None), 2));
+        assert_eq!(h.other().policy.counters().stale, 1);
+        assert_eq!(h.drops(DropReason::PolicyDeniedIngress), 1);
+        assert!(h.pl.policy.shared().unwrap().is_empty());
+
+        // One shard of two entries, filled from both workers.
+        let cfg = Config {
+            conntrack: conntrack::Config {
+                capacity: 2,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let mut h = H::shared(snapshot(&[(POD_A1, deny(), None)], &[]), cfg, 1);
+        assert!(h.send_on(0, POD_A1_PORT, &from_a1(POD_B1, 1, 53, None), 0));
+        assert!(h.send_on(1, POD_A1_PORT, &from_a1(POD_B1, 2, 53, None), 0));
+        assert!(!h.send_on(1, POD_A1_PORT, &from_a1(POD_B1, 3, 53, None), 0));
+        assert_eq!(h.drops(DropReason::ConntrackFull), 1);
+        assert_eq!(h.pl.policy.stats().conntrack_full, 1);
+        assert_eq!(h.other().policy.stats().conntrack_full, 0);
+        // Established flows still pass; after the timeout room is made.
+        assert!(h.send_on(0, PortId::UPLINK, &b1_to_a1(53, 2, None), 1));
+        assert!(h.send_on(1, POD_A1_PORT, &from_a1(POD_B1, 3, 53, None), 200 * SEC));
     }
 
     #[test]

@@ -10,7 +10,8 @@
 //!   builds (per local endpoint and direction: isolated or not, and a shared
 //!   [`classifier::RuleSet`]), published inside [`Tables`] with everything else;
 //! * [`conntrack::Table`]: one worker's connection table, so established flows
-//!   and replies never reach the classifier;
+//!   and replies never reach the classifier ([`conntrack::SharedTable`] when
+//!   several workers must see each other's connections);
 //! * [`enforcer::NetPolicy`]: the [`Policy`] that joins them.
 
 pub mod classifier;
@@ -27,7 +28,8 @@ use crate::buf::Packet;
 use crate::drop::DropReason;
 use crate::table::Tables;
 
-pub use classifier::{PeerRule, PortRange, PortSet, Protocol, RuleSet};
+pub use classifier::{Action, PeerRule, PortRange, PortSet, Protocol, RuleSet, TieredRule};
+pub use conntrack::SharedTable as SharedConntrack;
 pub use conntrack::Table as ConntrackTable;
 pub use enforcer::NetPolicy;
 
@@ -49,6 +51,62 @@ pub trait Policy {
     fn egress(&mut self, tables: &Tables, pkt: &Packet, now: u64) -> Verdict;
     /// A packet about to reach the local endpoint `pkt.meta.dst_ep`.
     fn ingress(&mut self, tables: &Tables, pkt: &Packet, now: u64) -> Verdict;
+    /// Counters for the metrics endpoint (read when the worker publishes).
+    fn stats(&self) -> PolicyStats {
+        PolicyStats::default()
+    }
+}
+
+/// A worker's policy counters, as the metrics endpoint shows them (summed
+/// over workers on scrape).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PolicyStats {
+    /// Packets the policy let through / dropped, per direction.
+    pub allowed_egress: u64,
+    pub allowed_ingress: u64,
+    pub denied_egress: u64,
+    pub denied_ingress: u64,
+    /// New flows classified and allowed.
+    pub new_flows: u64,
+    /// Connection-table entries live now, inserted, evicted (idle timeout),
+    /// removed (flushed, stale, reopened) and new flows refused when full.
+    pub conntrack_entries: u64,
+    pub conntrack_inserts: u64,
+    pub conntrack_evictions: u64,
+    pub conntrack_removed: u64,
+    pub conntrack_full: u64,
+}
+
+impl PolicyStats {
+    /// Adds another worker's counters.
+    pub fn add(&mut self, o: &PolicyStats) {
+        self.allowed_egress += o.allowed_egress;
+        self.allowed_ingress += o.allowed_ingress;
+        self.denied_egress += o.denied_egress;
+        self.denied_ingress += o.denied_ingress;
+        self.new_flows += o.new_flows;
+        self.conntrack_entries += o.conntrack_entries;
+        self.conntrack_inserts += o.conntrack_inserts;
+        self.conntrack_evictions += o.conntrack_evictions;
+        self.conntrack_removed += o.conntrack_removed;
+        self.conntrack_full += o.conntrack_full;
+    }
+
+    /// Every counter with its name (`sluicectl stats`).
+    pub fn named(&self) -> [(&'static str, u64); 10] {
+        [
+            ("allowed_egress", self.allowed_egress),
+            ("allowed_ingress", self.allowed_ingress),
+            ("denied_egress", self.denied_egress),
+            ("denied_ingress", self.denied_ingress),
+            ("new_flows", self.new_flows),
+            ("conntrack_entries", self.conntrack_entries),
+            ("conntrack_inserts", self.conntrack_inserts),
+            ("conntrack_evictions", self.conntrack_evictions),
+            ("conntrack_removed", self.conntrack_removed),
+            ("conntrack_full", self.conntrack_full),
+        ]
+    }
 }
 
 /// No isolation: every flow is allowed (pods selected by no policy).
