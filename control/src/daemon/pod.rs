@@ -138,24 +138,33 @@ pub fn reattach(netns: &str, ifname: &str) -> Result<Tap, PodNetError> {
         })
 }
 
-/// Deletes `ifname` in `netns` if it is a TAP Sluice made (a TUN/TAP device
-/// whose MAC has Sluice's pod prefix) that no record holds: what an ADD
-/// interrupted by a crash leaves behind, found by the runtime's DEL.
+/// Deletes `ifname` in `netns` if it is a TAP Sluice made that no record
+/// holds: what an ADD interrupted by a crash leaves behind, found by the
+/// runtime's DEL. Sluice's: a TUN/TAP device whose MAC has Sluice's pod
+/// prefix, or one with no IPv4 address yet (the crash came between creating
+/// the TAP and configuring it, while it still had the kernel's random MAC).
 /// Returns whether something was deleted.
 pub fn remove_orphan(netns: &str, ifname: &str) -> bool {
     let Ok(ns) = NetNs::open(netns) else {
         return false;
     };
     in_netns(&ns, || {
-        let mac = nix::ifaddrs::getifaddrs().ok().and_then(|addrs| {
-            addrs.filter(|a| a.interface_name == ifname).find_map(|a| {
-                a.address
-                    .as_ref()
-                    .and_then(|s| s.as_link_addr())
-                    .and_then(|l| l.addr())
-            })
+        let addrs: Vec<_> = nix::ifaddrs::getifaddrs()
+            .map(|a| a.filter(|a| a.interface_name == ifname).collect())
+            .unwrap_or_default();
+        let mac = addrs.iter().find_map(|a| {
+            a.address
+                .as_ref()
+                .and_then(|s| s.as_link_addr())
+                .and_then(|l| l.addr())
         });
-        if !mac.is_some_and(|m| m[0] == 0x0a && m[1] == 0x58) {
+        let has_ipv4 = addrs.iter().any(|a| {
+            a.address
+                .as_ref()
+                .is_some_and(|s| s.as_sockaddr_in().is_some())
+        });
+        let sluice_mac = mac.is_some_and(|m| m[0] == 0x0a && m[1] == 0x58);
+        if mac.is_none() || (has_ipv4 && !sluice_mac) {
             return false;
         }
         // Attaching succeeds only for a TUN/TAP device of that name.
