@@ -8,7 +8,7 @@ mod common;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use common::cluster::{two_peered_nodes, Node, Pod, Underlay};
+use common::cluster::{apply_both, delete_both, two_peered_nodes, Node, Pod, Underlay};
 use common::skip_unless_root;
 
 fn pod_yaml(ns: &str, name: &str, label: &str, node: &str, ip: Ipv4Addr) -> String {
@@ -59,22 +59,6 @@ fn udp_ok(from: &Pod, to: &Pod) -> bool {
     let ok = from.ns.exec("python3", &["-c", &client]).status.success();
     drop(srv.wait_timeout(Duration::from_millis(100)));
     ok
-}
-
-fn apply_both(a: &Node, b: &Node, yaml: &str) {
-    for n in [a, b] {
-        let (ok, out) = n.apply(yaml);
-        assert!(ok, "apply on {}: {out}", n.name);
-    }
-}
-
-fn delete_both(a: &Node, b: &Node, yaml: &str) {
-    for n in [a, b] {
-        let p = n.dir.path().join("delete.yaml");
-        std::fs::write(&p, yaml).unwrap();
-        let (ok, _, err) = n.ctl(&["delete", "-f", p.to_str().unwrap()]);
-        assert!(ok, "{err}");
-    }
 }
 
 #[test]

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::cluster::{two_peered_nodes, Node, Pod};
+use common::cluster::{apply_both, delete_both, two_peered_nodes, Node, Pod};
 use common::skip_unless_root;
 use sluice_dataplane::sys::netns::{in_netns, NetNs};
 
@@ -199,22 +199,6 @@ fn check(scenario: &str, peers: &[Peer], expect: impl Fn(&Peer, &Peer, Proto, u1
          (rows: from, columns: to; ! marks a wrong cell)\n{report}"
     );
     eprintln!("scenario {scenario:?}: {} probes as expected", cases.len());
-}
-
-fn apply_both(a: &Node, b: &Node, yaml: &str) {
-    for n in [a, b] {
-        let (ok, out) = n.apply(yaml);
-        assert!(ok, "apply on {}: {out}", n.name);
-    }
-}
-
-fn delete_both(a: &Node, b: &Node, yaml: &str) {
-    for n in [a, b] {
-        let p = n.dir.path().join("delete.yaml");
-        std::fs::write(&p, yaml).unwrap();
-        let (ok, _, err) = n.ctl(&["delete", "-f", p.to_str().unwrap()]);
-        assert!(ok, "{err}");
-    }
 }
 
 fn netpol(name: &str, ns: &str, spec: &str) -> String {

@@ -625,3 +625,22 @@ impl Node {
         )
     }
 }
+
+/// Applies Kubernetes objects on both nodes (the file datastore: each node
+/// keeps its own copy), failing the test if either refuses.
+pub fn apply_both(a: &Node, b: &Node, yaml: &str) {
+    for n in [a, b] {
+        let (ok, out) = n.apply(yaml);
+        assert!(ok, "apply on {}: {out}", n.name);
+    }
+}
+
+/// Deletes the objects `yaml` names on both nodes.
+pub fn delete_both(a: &Node, b: &Node, yaml: &str) {
+    for n in [a, b] {
+        let p = n.dir.path().join("delete.yaml");
+        std::fs::write(&p, yaml).unwrap();
+        let (ok, _, err) = n.ctl(&["delete", "-f", p.to_str().unwrap()]);
+        assert!(ok, "{err}");
+    }
+}
