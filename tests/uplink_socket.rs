@@ -477,6 +477,116 @@ fn sent_frames_reach_the_peer_kernel_vxlan_device() {
 }
 
 #[test]
+fn runs_go_as_one_superframe_and_are_cut_back_on_both_kinds_of_peer() {
+    if skip_unless_tools() {
+        return;
+    }
+    let nodes = Nodes::new();
+    let b = &nodes.b;
+    b.exec_ok(
+        "ip",
+        &[
+            "link",
+            "add",
+            "vx0",
+            "type",
+            "vxlan",
+            "id",
+            "4096",
+            "dstport",
+            "4789",
+            "local",
+            "198.18.0.2",
+            "dev",
+            &nodes.vb,
+            "nolearning",
+        ],
+    );
+    b.exec_ok("ip", &["addr", "add", "198.19.250.2/24", "dev", "vx0"]);
+    b.exec_ok("ip", &["link", "set", "vx0", "up"]);
+    let vx_mac = read_mac(b, "vx0");
+
+    let mut sock = nodes.open(&UplinkFilter::vxlan(A_IP));
+    assert!(sock.has_offload(), "PACKET_VNET_HDR refused");
+    // B takes VXLAN with a Sluice socket too (the kernel device still gets its copy).
+    let mut peer = in_netns(&b.handle(), || {
+        PacketSocket::open(&nodes.vb, &UplinkFilter::vxlan(B_IP))
+    })
+    .expect("entering B")
+    .expect("opening B's uplink socket");
+    let a_mac = sock.mac();
+    let mut pool = Pool::new(256, DEFAULT_BUF_SIZE);
+    let before = rx_packets(b, "vx0");
+
+    // 20 frames of one flow (same outer headers), each with its own inner
+    // payload, the last shorter; then one to another port, which goes alone.
+    let frames: Vec<Vec<u8>> = (0..21u8)
+        .map(|i| {
+            let len = if i == 19 { 300 } else { 1200 };
+            let mut inner = testkit::udp_frame(
+                MacAddr([0x02, 0, 198, 19, 250, 1]),
+                vx_mac,
+                Ipv4Addr::new(198, 19, 250, 1),
+                Ipv4Addr::new(198, 19, 250, 2),
+                40000,
+                9,
+                len,
+            );
+            let n = inner.len();
+            inner[n - 1] = i;
+            let sport = if i == 20 { 50001 } else { 50000 };
+            vxlan_frame(a_mac, nodes.b_mac, B_IP, sport, &inner)
+        })
+        .collect();
+    let mut batch = Batch::new();
+    for f in &frames {
+        let mut p = pool.alloc().expect("a buffer");
+        assert!(p.load(f));
+        batch.push(p);
+    }
+    assert_eq!(sock.tx_burst(&mut pool, &mut batch).expect("sending"), 21);
+    let st = *sock.stats();
+    assert_eq!(
+        (st.tx_gso, st.tx_gso_segments, st.tx_frames, st.tx_calls),
+        (1, 20, 21, 1),
+        "{st:?}"
+    );
+
+    // The kernel's VXLAN device decapsulates every piece.
+    assert!(
+        wait_until(Duration::from_secs(3), || rx_packets(b, "vx0")
+            >= before + 21),
+        "vx0 received {} of 21",
+        rx_packets(b, "vx0") - before
+    );
+    // B's socket gets one superframe and cuts it back into the same datagrams.
+    let got = receive(
+        &mut peer,
+        &mut pool,
+        21,
+        Duration::from_secs(3),
+        Duration::from_millis(100),
+    );
+    assert_eq!(got.len(), 21);
+    let pst = *peer.stats();
+    assert_eq!((pst.rx_gso, pst.rx_gso_segments), (1, 20), "{pst:?}");
+    for (g, f) in got.iter().zip(&frames) {
+        assert_eq!(g.len(), f.len());
+        // Payload (VXLAN and inner frame) and addresses as sent; the outer IPv4
+        // checksum is valid and the UDP length right.
+        assert_eq!(g[42..], f[42..]);
+        assert_eq!(g[..14], f[..14]);
+        assert_eq!(g[26..34], f[26..34]);
+        assert_eq!(g[34..38], f[34..38]);
+        assert_eq!(g[38..40], f[38..40]);
+        let ip = etherparse::Ipv4HeaderSlice::from_slice(&g[14..34]).expect("IPv4 header");
+        assert_eq!(usize::from(ip.total_len()), g.len() - 14);
+        assert_eq!(ip.header_checksum(), ip.to_header().calc_header_checksum());
+    }
+    assert_eq!(pool.available(), 256, "every buffer back in the pool");
+}
+
+#[test]
 fn kernel_sinks_keep_the_node_from_answering_unreachable() {
     if skip_unless_tools() {
         return;

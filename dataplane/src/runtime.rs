@@ -80,6 +80,9 @@ pub struct PortStats {
     pub tx_dropped: u64,
     pub rx_errors: u64,
     pub tx_errors: u64,
+    /// What the port itself counts (offloads, frames it dropped before the
+    /// pipeline), as of the last publish.
+    pub offload: crate::port::PortOffload,
 }
 
 /// A worker's published state (refreshed every few milliseconds while busy,
@@ -784,7 +787,11 @@ impl<P: Policy> Worker<P> {
             .ports
             .iter()
             .flatten()
-            .map(|p| (p.id, p.name.clone(), p.stats.clone()))
+            .map(|p| {
+                let mut stats = p.stats.clone();
+                stats.offload = p.port.offload_stats();
+                (p.id, p.name.clone(), stats)
+            })
             .collect();
         if let Ok(mut s) = self.shared.stats.lock() {
             *s = self.stats.clone();

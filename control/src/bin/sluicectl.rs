@@ -326,6 +326,9 @@ fn print_answer(cli: &Cli, answer: Answer) {
                     "tx_packets",
                     "tx_bytes",
                     "tx_dropped",
+                    "rx_dropped",
+                    "rx_gso",
+                    "tx_gro",
                 ],
             );
             println!("WORKERS");

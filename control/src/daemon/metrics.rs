@@ -198,6 +198,12 @@ impl Snapshot {
                 t.tx_dropped += s.tx_dropped;
                 t.rx_errors += s.rx_errors;
                 t.tx_errors += s.tx_errors;
+                let (o, so) = (&mut t.offload, &s.offload);
+                o.rx_gso_superframes += so.rx_gso_superframes;
+                o.rx_gso_segments += so.rx_gso_segments;
+                o.tx_gro_superframes += so.tx_gro_superframes;
+                o.tx_gro_segments += so.tx_gro_segments;
+                o.rx_dropped += so.rx_dropped;
             }
         }
         out
@@ -223,7 +229,7 @@ pub fn render(snapshot: Snapshot) -> Result<String, MetricsError> {
 /// pod's point of view.
 type PortField = (&'static str, &'static str, fn(&PortStats) -> u64);
 
-const POD_COUNTERS: [PortField; 7] = [
+const POD_COUNTERS: [PortField; 12] = [
     (
         "pod_rx_packets",
         "Packets Sluice delivered to the pod (its interface's tx)",
@@ -253,9 +259,34 @@ const POD_COUNTERS: [PortField; 7] = [
         "Errors reading packets from the pod's interface",
         |s| s.rx_errors,
     ),
+    (
+        "pod_tx_gso_superframes",
+        "TCP superframes (TSO) the pod sent, cut into segments by Sluice",
+        |s| s.offload.rx_gso_superframes,
+    ),
+    (
+        "pod_tx_gso_segments",
+        "Segments cut from the pod's TCP superframes",
+        |s| s.offload.rx_gso_segments,
+    ),
+    (
+        "pod_rx_gro_superframes",
+        "TCP superframes Sluice delivered to the pod, each joined from a run of segments (GRO)",
+        |s| s.offload.tx_gro_superframes,
+    ),
+    (
+        "pod_rx_gro_segments",
+        "Segments joined into superframes delivered to the pod",
+        |s| s.offload.tx_gro_segments,
+    ),
+    (
+        "pod_tx_dropped",
+        "Frames from the pod dropped before forwarding: longer than a buffer, a bad offload header, or a superframe that could not be cut",
+        |s| s.offload.rx_dropped,
+    ),
 ];
 
-const PORT_COUNTERS: [PortField; 7] = [
+const PORT_COUNTERS: [PortField; 12] = [
     (
         "port_rx_packets",
         "Packets Sluice received on a node port",
@@ -285,6 +316,31 @@ const PORT_COUNTERS: [PortField; 7] = [
     ("port_tx_errors", "Errors sending on a node port", |s| {
         s.tx_errors
     }),
+    (
+        "port_rx_gso_superframes",
+        "Superframes received on a node port and cut into segments",
+        |s| s.offload.rx_gso_superframes,
+    ),
+    (
+        "port_rx_gso_segments",
+        "Segments cut from superframes received on a node port",
+        |s| s.offload.rx_gso_segments,
+    ),
+    (
+        "port_tx_gro_superframes",
+        "Superframes sent on a node port, each joined from a run of segments",
+        |s| s.offload.tx_gro_superframes,
+    ),
+    (
+        "port_tx_gro_segments",
+        "Segments joined into superframes sent on a node port",
+        |s| s.offload.tx_gro_segments,
+    ),
+    (
+        "port_rx_dropped",
+        "Frames a node port dropped on receive before forwarding (longer than a buffer, bad offload header)",
+        |s| s.offload.rx_dropped,
+    ),
 ];
 
 type WorkerField = (&'static str, &'static str, fn(&WorkerStats) -> u64);

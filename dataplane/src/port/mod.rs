@@ -10,6 +10,7 @@ use std::os::fd::RawFd;
 
 use crate::buf::{Batch, Pool};
 
+pub mod gro;
 pub mod gso;
 pub mod packet;
 pub mod tap;
@@ -35,11 +36,34 @@ pub trait Port {
         None
     }
 
+    /// The port's own counters of offloads and of frames it dropped before the
+    /// pipeline saw them. Default: none.
+    fn offload_stats(&self) -> PortOffload {
+        PortOffload::default()
+    }
+
     /// Removes the device behind the port for good (a persistent TAP is
     /// otherwise kept when the port is dropped). Default: just drop.
     fn destroy(self: Box<Self>) -> io::Result<()> {
         Ok(())
     }
+}
+
+/// Counters a port keeps itself: segmentation and receive offload, and frames
+/// it dropped before the pipeline saw them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PortOffload {
+    /// Superframes received and cut into segments (GSO).
+    pub rx_gso_superframes: u64,
+    /// Segments made from them.
+    pub rx_gso_segments: u64,
+    /// Superframes sent, each joined from a run of segments (GRO).
+    pub tx_gro_superframes: u64,
+    /// Segments joined into them.
+    pub tx_gro_segments: u64,
+    /// Frames dropped on receive: longer than a buffer, a bad virtio-net header,
+    /// or a superframe that could not be cut.
+    pub rx_dropped: u64,
 }
 
 /// A port whose wire is two queues in memory: tests push frames into `rx` and read

@@ -29,18 +29,27 @@
 //! send only. Set it only where the kernel does not forward them (forwarding
 //! off, or no such route).
 //!
+//! # Superframes
+//! For VXLAN and native routing the socket puts a virtio-net header in front of
+//! every frame (`PACKET_VNET_HDR`). Sending, a run of VXLAN datagrams with the
+//! same outer headers goes as one UDP superframe (`GSO_UDP_L4`), a run of TCP
+//! segments of one flow as one TCP superframe: one skb through the kernel and
+//! the link instead of one per frame; the kernel (or the NIC) cuts it up again,
+//! so kernel peers see ordinary packets. Receiving, a superframe runs on into a
+//! scratch buffer and is cut back into frames; a partial checksum left by a
+//! sender on the same host is completed.
+//!
 //! # Limits
 //! - One `recvmmsg(2)` per received burst and one `sendmmsg(2)` per sent batch;
 //!   every frame is still copied once each way. (The mmap rings of
 //!   `PACKET_RX_RING`/`PACKET_TX_RING` would save the copy; not done yet.)
-//! - Frames longer than a pool buffer are counted in
-//!   [`PacketStats::rx_truncated`] and dropped. Where the uplink's GRO merges
-//!   tunnelled TCP into superframes (the kernel does for IPIP), turn GRO off on
-//!   the uplink or use buffers of the largest size class.
-//! - Frames arrive as they were on the wire, except that a veth peer in another
-//!   namespace may hand over a UDP or TCP checksum that is still partial. The
-//!   outer UDP checksum of VXLAN is not checked by the decap stage, so only
-//!   native mode over veth is affected.
+//! - Frames longer than a pool buffer (that are not superframes) are counted in
+//!   [`PacketStats::rx_truncated`] and dropped.
+//! - IPIP goes without the virtio-net header: superframes the uplink's GRO makes
+//!   of tunnelled TCP are dropped as too long; turn GRO off on the uplink or use
+//!   buffers of the largest size class.
+//! - Without the header (IPIP), a veth peer in another namespace may hand over
+//!   a UDP or TCP checksum that is still partial.
 //! - Untagged Ethernet uplinks only.
 //!
 //! The kernel calls themselves are in [`crate::sys::packet`].
@@ -53,10 +62,15 @@ use nix::errno::Errno;
 use nix::libc;
 use nix::sys::socket::{self as nsock, AddressFamily, SockFlag, SockType, SockaddrIn};
 
-use crate::buf::{Batch, Pool, MAX_BATCH};
-use crate::port::Port;
+use std::collections::VecDeque;
+
+use crate::buf::{Batch, Packet, Pool, MAX_BATCH, SIZE_CLASSES};
+use crate::port::gro::{Tcp4Run, Tcp4Seg, Udp4Run, Udp4Seg, Udp4Split};
+use crate::port::gso::Tcp4Gso;
+use crate::port::{Port, PortOffload};
 use crate::sys::bpf_classic::{self as bpf, Insn};
-use crate::sys::packet::{self as sys, Mmsg};
+use crate::sys::packet::{self as sys, Mmsg, MmsgV, VNET_HDR_LEN};
+use crate::sys::tun::VnetHdr;
 use crate::sys::valid_ifname;
 use crate::wire::{vxlan, MacAddr};
 
@@ -312,6 +326,21 @@ pub struct PacketStats {
     pub tx_errors: u64,
     /// `sendmmsg` calls made.
     pub tx_calls: u64,
+    /// Superframes received (the sender or the link joined datagrams or
+    /// segments) and cut back into frames.
+    pub rx_gso: u64,
+    /// Frames cut from them (included in `rx_frames`).
+    pub rx_gso_segments: u64,
+    /// Superframes that could not be cut (bad headers or sizes, a GSO type
+    /// other than UDP or TCP over IPv4): dropped.
+    pub rx_gso_bad: u64,
+    /// Frames whose partial checksum (left by a sender on the same host) was
+    /// completed.
+    pub rx_csum_completed: u64,
+    /// Superframes sent: runs of datagrams or TCP segments joined into one.
+    pub tx_gso: u64,
+    /// Frames in them (included in `tx_frames`).
+    pub tx_gso_segments: u64,
 }
 
 /// The uplink as an `AF_PACKET` socket: a [`Port`] that receives the frames its
@@ -326,7 +355,74 @@ pub struct PacketSocket {
     mmsg: Mmsg,
     /// Buffers lent to one receive call; empty between calls.
     staging: Batch,
+    /// With a virtio-net header on every frame: superframes both ways.
+    offload: Option<Box<Offload>>,
     stats: PacketStats,
+}
+
+/// UDP datagrams shorter than this go alone: a flood of small datagrams
+/// delivered fewer packets per second when joined (the receiving side has
+/// less time to drain a superframe's worth than a trickle), and the gain is in
+/// big ones (VXLAN carrying TCP).
+const MIN_UDP_JOIN: usize = 512;
+
+/// Receive calls take at most this many frames when superframes can arrive:
+/// each slot has a scratch buffer for one.
+const RX_SLOTS: usize = 64;
+/// Scratch bytes in front of where a long frame runs on into: its first part,
+/// read into a pool buffer of at most this size, is copied there.
+const SCRATCH_PREFIX: usize = SIZE_CLASSES[2];
+/// Room for the rest of a 64 KiB superframe.
+const SCRATCH_TAIL: usize = 64 * 1024 + 1024;
+
+/// The state of an uplink socket with `PACKET_VNET_HDR`.
+///
+/// Sending, runs of datagrams with the same outer headers (VXLAN) go as one
+/// UDP superframe (`GSO_UDP_L4`), and runs of TCP segments of one flow
+/// (native routing) as one TCP superframe: one skb, one pass through the
+/// kernel and the link, instead of one per frame; the kernel, or the NIC, cuts
+/// it up again. Receiving, a superframe (from such a sender on the same host,
+/// or merged by the link's GRO) runs on from the pool buffer into a scratch
+/// buffer and is cut into frames; those beyond the burst wait in `overflow`.
+struct Offload {
+    mmsg: MmsgV,
+    rx_hdrs: Vec<[u8; VNET_HDR_LEN]>,
+    scratch: Vec<Box<[u8]>>,
+    overflow: VecDeque<Packet>,
+    /// The header of each message being sent.
+    tx_hdrs: Vec<[u8; VNET_HDR_LEN]>,
+    /// Each message being sent: first frame, frame count, payload offset.
+    tx_msgs: Vec<(usize, usize, usize)>,
+    /// Joining is off after the kernel refused a superframe.
+    tx_join: bool,
+}
+
+impl Offload {
+    fn new() -> Offload {
+        Offload {
+            mmsg: MmsgV::new(MAX_BATCH),
+            rx_hdrs: vec![[0; VNET_HDR_LEN]; RX_SLOTS],
+            scratch: (0..RX_SLOTS)
+                .map(|_| vec![0u8; SCRATCH_PREFIX + SCRATCH_TAIL].into_boxed_slice())
+                .collect(),
+            overflow: VecDeque::new(),
+            tx_hdrs: Vec::with_capacity(MAX_BATCH),
+            tx_msgs: Vec::with_capacity(MAX_BATCH),
+            tx_join: true,
+        }
+    }
+}
+
+fn vnet_bytes(h: &VnetHdr) -> [u8; VNET_HDR_LEN] {
+    let mut b = [0u8; VnetHdr::LEN];
+    h.emit(&mut b);
+    b[..VNET_HDR_LEN].try_into().expect("10 of 12 bytes")
+}
+
+fn parse_vnet(b: &[u8; VNET_HDR_LEN]) -> VnetHdr {
+    let mut full = [0u8; VnetHdr::LEN];
+    full[..VNET_HDR_LEN].copy_from_slice(b);
+    VnetHdr::parse(&full)
 }
 
 impl std::fmt::Debug for PacketSocket {
@@ -371,6 +467,18 @@ impl PacketSocket {
         };
         let fd = sys::packet_socket().map_err(err("open AF_PACKET socket"))?;
         sys::ignore_outgoing(fd.as_fd()).map_err(err("set PACKET_IGNORE_OUTGOING"))?;
+        // Superframes both ways, except with IPIP: no virtio-net GSO type
+        // describes IP-in-IP, so nothing could be joined on send, and with the
+        // header on, IPIP traffic stalled in the end-to-end bench's UDP flood
+        // (seen with 32 receive slots, not yet retried with 64). A kernel without the option (before 3.13)
+        // still forwards, one frame at a time.
+        let offload = if filter.ipip {
+            None
+        } else {
+            sys::vnet_hdr(fd.as_fd())
+                .ok()
+                .map(|()| Box::new(Offload::new()))
+        };
         set_buffer(fd.as_fd(), libc::SO_RCVBUFFORCE, libc::SO_RCVBUF)
             .map_err(err("set receive buffer"))?;
         set_buffer(fd.as_fd(), libc::SO_SNDBUFFORCE, libc::SO_SNDBUF)
@@ -392,8 +500,14 @@ impl PacketSocket {
             filter: filter.clone(),
             mmsg: Mmsg::new(MAX_BATCH),
             staging: Batch::new(),
+            offload,
             stats: PacketStats::default(),
         })
+    }
+
+    /// Whether frames carry a virtio-net header, so superframes go both ways.
+    pub fn has_offload(&self) -> bool {
+        self.offload.is_some()
     }
 
     /// The uplink's interface index (in the namespace it was opened in).
@@ -446,6 +560,9 @@ impl Port for PacketSocket {
     }
 
     fn rx_burst(&mut self, pool: &mut Pool, batch: &mut Batch, max: usize) -> io::Result<usize> {
+        if self.offload.is_some() {
+            return self.rx_offload(pool, batch, max);
+        }
         let room = max
             .min(MAX_BATCH.saturating_sub(batch.len()))
             .min(self.mmsg.capacity());
@@ -491,6 +608,9 @@ impl Port for PacketSocket {
     }
 
     fn tx_burst(&mut self, pool: &mut Pool, batch: &mut Batch) -> io::Result<usize> {
+        if self.offload.is_some() {
+            return self.tx_offload(pool, batch);
+        }
         let total = batch.len();
         let (mut done, mut sent) = (0, 0);
         let mut fatal = None;
@@ -532,6 +652,307 @@ impl Port for PacketSocket {
 
     fn rx_fd(&self) -> Option<RawFd> {
         Some(self.fd.as_raw_fd())
+    }
+
+    fn offload_stats(&self) -> PortOffload {
+        let s = &self.stats;
+        PortOffload {
+            rx_gso_superframes: s.rx_gso,
+            rx_gso_segments: s.rx_gso_segments,
+            tx_gro_superframes: s.tx_gso,
+            tx_gro_segments: s.tx_gso_segments,
+            rx_dropped: s.rx_truncated + s.rx_gso_bad,
+        }
+    }
+}
+
+impl PacketSocket {
+    /// [`Port::rx_burst`] with a virtio-net header in front of each frame.
+    fn rx_offload(&mut self, pool: &mut Pool, batch: &mut Batch, max: usize) -> io::Result<usize> {
+        let off = self.offload.as_mut().expect("offload on");
+        let mut got = 0;
+        // Frames cut from a superframe of the last call go first, in order.
+        while got < max && !batch.is_full() {
+            let Some(p) = off.overflow.pop_front() else {
+                break;
+            };
+            batch.push(p);
+            got += 1;
+        }
+        if !off.overflow.is_empty() || got >= max || batch.is_full() {
+            return Ok(got);
+        }
+        let room = (max - got)
+            .min(MAX_BATCH.saturating_sub(batch.len()))
+            .min(RX_SLOTS);
+        if pool.alloc_into(&mut self.staging, room) == 0 {
+            return Ok(got);
+        }
+        let buf_room = self.staging.as_slice()[0].capacity();
+        let spill = buf_room <= SCRATCH_PREFIX;
+        let fd = self.fd.as_fd();
+        let Offload {
+            mmsg,
+            rx_hdrs,
+            scratch,
+            overflow,
+            ..
+        } = &mut **off;
+        let r = loop {
+            let msgs = self
+                .staging
+                .as_mut_slice()
+                .iter_mut()
+                .zip(rx_hdrs.iter_mut())
+                .zip(scratch.iter_mut())
+                .map(|((p, h), sc)| {
+                    let tail: &mut [u8] = if spill {
+                        &mut sc[SCRATCH_PREFIX..]
+                    } else {
+                        &mut []
+                    };
+                    [&mut h[..], p.rx_area(), tail].into_iter()
+                });
+            match mmsg.recv(fd, msgs) {
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                r => break r,
+            }
+        };
+        self.stats.rx_calls += 1;
+        let n = match r {
+            Ok(n) => n,
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => 0,
+            Err(e) => {
+                self.staging.clear_into(pool);
+                return if got > 0 { Ok(got) } else { Err(e) };
+            }
+        };
+        let st = &mut self.stats;
+        for (i, mut p) in self.staging.drain().enumerate() {
+            let rcv = mmsg.received(i).filter(|_| i < n);
+            let Some(rcv) = rcv else {
+                pool.free(p);
+                continue;
+            };
+            if rcv.truncated || rcv.len < VNET_HDR_LEN {
+                st.rx_truncated += 1;
+                pool.free(p);
+                continue;
+            }
+            let len = rcv.len - VNET_HDR_LEN;
+            let h = parse_vnet(&rx_hdrs[i]);
+            if !h.is_gso() {
+                if len > buf_room {
+                    st.rx_truncated += 1;
+                    pool.free(p);
+                    continue;
+                }
+                p.set_received(len);
+                if h.flags & VnetHdr::F_NEEDS_CSUM != 0 {
+                    let (start, at) = (usize::from(h.csum_start), usize::from(h.csum_offset));
+                    if !crate::port::tap::complete_checksum(p.data_mut(), start, at) {
+                        st.rx_gso_bad += 1;
+                        pool.free(p);
+                        continue;
+                    }
+                    st.rx_csum_completed += 1;
+                }
+                if got < max && !batch.is_full() {
+                    batch.push(p);
+                    got += 1;
+                } else {
+                    overflow.push_back(p);
+                }
+                st.rx_frames += 1;
+                continue;
+            }
+            // A superframe: whole in the buffer, or joined with its tail in scratch.
+            st.rx_gso += 1;
+            let frame: &[u8] = if len <= buf_room {
+                p.set_received(len);
+                p.data()
+            } else {
+                let sc = &mut scratch[i];
+                let start = SCRATCH_PREFIX - buf_room;
+                sc[start..SCRATCH_PREFIX].copy_from_slice(p.rx_area());
+                &sc[start..start + len]
+            };
+            let cut = cut_superframe(frame, &h, buf_room, pool, |q| {
+                if got < max && !batch.is_full() {
+                    batch.push(q);
+                    got += 1;
+                } else {
+                    overflow.push_back(q);
+                }
+            });
+            match cut {
+                Ok(k) => {
+                    st.rx_gso_segments += k as u64;
+                    st.rx_frames += k as u64;
+                }
+                Err(()) => st.rx_gso_bad += 1,
+            }
+            pool.free(p);
+        }
+        Ok(got)
+    }
+
+    /// [`Port::tx_burst`] with a virtio-net header in front of each frame, runs
+    /// joined into superframes.
+    fn tx_offload(&mut self, pool: &mut Pool, batch: &mut Batch) -> io::Result<usize> {
+        let off = self.offload.as_mut().expect("offload on");
+        off.tx_hdrs.clear();
+        off.tx_msgs.clear();
+        let pkts = batch.as_mut_slice();
+        let mut i = 0;
+        while i < pkts.len() {
+            let (n, h, at) = if off.tx_join {
+                join_run(&mut pkts[i..])
+            } else {
+                (1, VnetHdr::default(), 0)
+            };
+            off.tx_hdrs.push(vnet_bytes(&h));
+            off.tx_msgs.push((i, n, at));
+            i += n;
+        }
+        let total = pkts.len();
+        let (mut done_msgs, mut done, mut sent) = (0, 0, 0);
+        let mut fatal = None;
+        let fd = self.fd.as_fd();
+        let pkts = batch.as_slice();
+        while done_msgs < off.tx_msgs.len() {
+            let msgs = off.tx_msgs[done_msgs..]
+                .iter()
+                .zip(&off.tx_hdrs[done_msgs..])
+                .map(|(&(first, n, at), h)| {
+                    let rest = pkts[first + 1..first + n]
+                        .iter()
+                        .map(move |p| &p.data()[at..]);
+                    [&h[..], pkts[first].data()].into_iter().chain(rest)
+                });
+            let r = off.mmsg.send(fd, msgs);
+            self.stats.tx_calls += 1;
+            match r.map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(0))) {
+                Ok(0) => break,
+                Ok(k) => {
+                    for &(_, n, _) in &off.tx_msgs[done_msgs..done_msgs + k] {
+                        done += n;
+                        sent += n;
+                        if n > 1 {
+                            self.stats.tx_gso += 1;
+                            self.stats.tx_gso_segments += n as u64;
+                        }
+                    }
+                    done_msgs += k;
+                }
+                Err(Errno::EINTR) => {}
+                Err(Errno::EAGAIN | Errno::ENOBUFS | Errno::ENETDOWN) => break,
+                Err(e @ (Errno::ENXIO | Errno::ENODEV | Errno::EBADF)) => {
+                    fatal = Some(e);
+                    break;
+                }
+                // This message only. A superframe refused turns joining off: its
+                // frames are lost once, not again and again.
+                Err(_) => {
+                    let n = off.tx_msgs[done_msgs].1;
+                    self.stats.tx_errors += n as u64;
+                    if n > 1 {
+                        off.tx_join = false;
+                    }
+                    done += n;
+                    done_msgs += 1;
+                }
+            }
+        }
+        self.stats.tx_frames += sent as u64;
+        self.stats.tx_refused += (total - done) as u64;
+        batch.clear_into(pool);
+        match fatal {
+            Some(e) if sent == 0 => Err(e.into()),
+            _ => Ok(sent),
+        }
+    }
+}
+
+/// Finds the run of frames that starts at `pkts[0]` and can go as one
+/// superframe: UDP datagrams with the same headers, or TCP segments of one
+/// flow. Rewrites the first frame's headers for it; returns the run's length,
+/// its virtio-net header and where the payload of the others starts.
+fn join_run(pkts: &mut [Packet]) -> (usize, VnetHdr, usize) {
+    let udp = Udp4Seg::parse(pkts[0].data()).filter(|s| s.payload_len >= MIN_UDP_JOIN);
+    if let Some(first) = udp {
+        let mut run = Udp4Run::start(first);
+        for p in &pkts[1..] {
+            match Udp4Seg::parse(p.data()) {
+                Some(s) if run.push(pkts[0].data(), p.data(), &s) => {}
+                _ => break,
+            }
+        }
+        let h = run.finish(pkts[0].data_mut());
+        return (run.count(), h, crate::port::gro::UDP_PAYLOAD_AT);
+    }
+    if let Some(first) = Tcp4Seg::parse(pkts[0].data()) {
+        let mut run = Tcp4Run::start(first);
+        for p in &pkts[1..] {
+            match Tcp4Seg::parse(p.data()) {
+                Some(s) if run.push(pkts[0].data(), p.data(), &s) => {}
+                _ => break,
+            }
+        }
+        let h = run.finish(pkts[0].data_mut());
+        return (run.count(), h, run.payload_at());
+    }
+    (1, VnetHdr::default(), 0)
+}
+
+/// Cuts a superframe received into frames in buffers from `pool`, each handed
+/// to `out`; returns how many. `Err` (nothing handed over) for one that cannot
+/// be cut: a GSO type other than UDP or TCP over IPv4, bad headers or sizes.
+/// Each frame must fit `room` bytes (the pool's buffers). Frames the pool has
+/// no buffer for are lost.
+fn cut_superframe(
+    frame: &[u8],
+    h: &VnetHdr,
+    room: usize,
+    pool: &mut Pool,
+    mut out: impl FnMut(Packet),
+) -> Result<usize, ()> {
+    match h.gso_type & !VnetHdr::GSO_ECN {
+        VnetHdr::GSO_UDP_L4 => {
+            let split = Udp4Split::parse(frame, h.gso_size, room).map_err(|_| ())?;
+            let mut k = 0;
+            for i in 0..split.count() {
+                let Some(mut q) = pool.alloc() else { break };
+                let n = split.write(frame, i, q.rx_area());
+                q.set_received(n);
+                out(q);
+                k += 1;
+            }
+            Ok(k)
+        }
+        VnetHdr::GSO_TCPV4 => {
+            let g = Tcp4Gso::parse(frame, h.gso_size).map_err(|_| ())?;
+            if g.max_segment_len() > room {
+                return Err(());
+            }
+            let mut k = 0;
+            for i in 0..g.count() {
+                let Some(mut q) = pool.alloc() else { break };
+                match g.write_segment(frame, i, q.rx_area()) {
+                    Ok(n) => {
+                        q.set_received(n);
+                        out(q);
+                        k += 1;
+                    }
+                    Err(_) => {
+                        pool.free(q);
+                        break;
+                    }
+                }
+            }
+            Ok(k)
+        }
+        _ => Err(()),
     }
 }
 

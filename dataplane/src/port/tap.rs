@@ -18,6 +18,11 @@
 //! that cannot be cut (bad headers, a GSO type other than TCPv4, segments longer
 //! than a buffer) is dropped whole and counted in [`TapStats`].
 //!
+//! Writing, consecutive TCP segments of one flow are joined back into one
+//! superframe ([`super::gro`], on by default with the virtio-net header) and
+//! written with a GSO header in one gather `writev(2)`: the pod's stack takes
+//! one 64 KiB frame instead of ~45, as it would from a NIC with GRO.
+//!
 //! The kernel interfaces themselves (ioctls, namespaces) are in [`crate::sys`].
 
 use std::io::{self, IoSlice, IoSliceMut};
@@ -27,8 +32,9 @@ use nix::errno::Errno;
 use nix::sys::uio::{readv, writev};
 
 use crate::buf::{Batch, Packet, Pool, SIZE_CLASSES};
+use crate::port::gro::{Tcp4Run, Tcp4Seg, MAX_RUN};
 use crate::port::gso::{GsoError, Tcp4Gso};
-use crate::port::Port;
+use crate::port::{Port, PortOffload};
 use crate::sys::netns::{in_netns, NetNs};
 pub use crate::sys::tun::Offloads;
 use crate::sys::tun::{self, VnetHdr};
@@ -46,6 +52,9 @@ pub struct TapOptions {
     /// Keep the device when its last fd closes (`TUNSETPERSIST`), so Sluice can
     /// restart without the pod losing its `eth0`.
     pub persist: bool,
+    /// Join consecutive TCP segments of a flow into one superframe when writing
+    /// (software GRO, [`super::gro`]); needs `vnet_hdr`.
+    pub gro: bool,
 }
 
 impl Default for TapOptions {
@@ -54,6 +63,7 @@ impl Default for TapOptions {
             vnet_hdr: true,
             offloads: Offloads::CSUM,
             persist: true,
+            gro: true,
         }
     }
 }
@@ -75,6 +85,11 @@ impl TapOptions {
 
     pub fn persist(mut self, on: bool) -> TapOptions {
         self.persist = on;
+        self
+    }
+
+    pub fn gro(mut self, on: bool) -> TapOptions {
+        self.gro = on;
         self
     }
 
@@ -126,8 +141,12 @@ pub struct TapStats {
     pub rx_gso_unsupported: u64,
     /// Why the last superframe counted in `rx_gso_bad` was dropped.
     pub rx_gso_last_error: Option<GsoError>,
-    /// Frames the kernel took.
+    /// Frames the kernel took (segments joined into a superframe count one each).
     pub tx_frames: u64,
+    /// Superframes written: runs of two or more segments joined by GRO.
+    pub tx_gro: u64,
+    /// Segments in them (included in `tx_frames`).
+    pub tx_gro_segments: u64,
     /// Frames refused because the device queue was full or the link down.
     pub tx_refused: u64,
     /// Frames the kernel rejected as malformed.
@@ -153,6 +172,8 @@ pub struct Tap {
     vnet_hdr: bool,
     offloads: Offloads,
     persist: bool,
+    /// Join TCP segments on write ([`TapOptions::gro`] and a virtio-net header).
+    gro: bool,
     scratch: Box<[u8]>,
     /// A superframe not yet fully cut into segments.
     pending: Option<PendingGso>,
@@ -182,6 +203,7 @@ impl std::fmt::Debug for Tap {
             .field("vnet_hdr", &self.vnet_hdr)
             .field("offloads", &self.offloads)
             .field("persist", &self.persist)
+            .field("gro", &self.gro)
             .field("stats", &self.stats)
             .finish()
     }
@@ -260,6 +282,7 @@ impl Tap {
             vnet_hdr: opts.vnet_hdr,
             offloads: Offloads::NONE,
             persist: false,
+            gro: opts.gro && opts.vnet_hdr,
             scratch: vec![0u8; SCRATCH_PREFIX + SCRATCH_LEN].into_boxed_slice(),
             pending: None,
             stats: TapStats::default(),
@@ -500,11 +523,61 @@ impl Tap {
     }
 }
 
+impl Tap {
+    /// Writes a run of segments joined into one superframe: the virtio-net
+    /// header, the first segment whole (its headers already rewritten by
+    /// [`Tcp4Run::finish`]), then the payload of each other segment, in one
+    /// gather write. Nothing is copied in user space.
+    fn write_run(&mut self, h: &VnetHdr, run: &[Packet], payload_at: usize) -> Result<(), Errno> {
+        let mut hdr = [0u8; VnetHdr::LEN];
+        h.emit(&mut hdr);
+        let mut iov: [IoSlice<'_>; MAX_RUN + 1] = std::array::from_fn(|_| IoSlice::new(&[]));
+        iov[0] = IoSlice::new(&hdr);
+        iov[1] = IoSlice::new(run[0].data());
+        for (slot, p) in iov[2..].iter_mut().zip(&run[1..]) {
+            *slot = IoSlice::new(&p.data()[payload_at..]);
+        }
+        loop {
+            match writev(&self.fd, &iov[..run.len() + 1]) {
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(e),
+                Ok(_) => return Ok(()),
+            }
+        }
+    }
+
+    /// Finds the run of segments that starts at `pkts[0]` (`first` is its parse,
+    /// if already done), rewrites the head for it and returns the run's length,
+    /// its header and payload offset, and the parse of the packet after it.
+    fn next_run(
+        pkts: &mut [Packet],
+        first: Option<Tcp4Seg>,
+    ) -> (usize, VnetHdr, usize, Option<Option<Tcp4Seg>>) {
+        let Some(s) = first else {
+            return (1, VnetHdr::default(), 0, None);
+        };
+        let mut run = Tcp4Run::start(s);
+        let mut after = None;
+        for p in &pkts[1..] {
+            let seg = Tcp4Seg::parse(p.data());
+            match seg {
+                Some(ref n) if run.push(pkts[0].data(), p.data(), n) => {}
+                _ => {
+                    after = Some(seg);
+                    break;
+                }
+            }
+        }
+        let h = run.finish(pkts[0].data_mut());
+        (run.count(), h, run.payload_at(), after)
+    }
+}
+
 /// Finishes a partial TCP/UDP checksum the way the kernel does
 /// (`skb_checksum_help`): the field at `start + offset` holds the pseudo-header
 /// sum; the ones'-complement sum from `start` to the end, folded and inverted,
 /// replaces it. False (frame unchanged) if the offsets fall outside the frame.
-fn complete_checksum(frame: &mut [u8], start: usize, offset: usize) -> bool {
+pub(crate) fn complete_checksum(frame: &mut [u8], start: usize, offset: usize) -> bool {
     let field = start + offset;
     if start >= frame.len() || field + 2 > frame.len() || offset + 2 > frame.len() - start {
         return false;
@@ -582,33 +655,63 @@ impl Port for Tap {
         let mut sent = 0;
         let mut refusing = false;
         let mut fatal = None;
-        for mut p in batch.drain() {
+        let pkts = batch.as_mut_slice();
+        let mut i = 0;
+        // The parse of `pkts[i]` when the run before it already did it.
+        let mut parsed: Option<Option<Tcp4Seg>> = None;
+        while i < pkts.len() {
             if refusing {
-                self.stats.tx_refused += 1;
-                pool.free(p);
-                continue;
+                self.stats.tx_refused += (pkts.len() - i) as u64;
+                break;
             }
-            match self.write_frame(&mut p) {
+            let (n, r) = if self.gro {
+                let first = parsed
+                    .take()
+                    .unwrap_or_else(|| Tcp4Seg::parse(pkts[i].data()));
+                let (n, h, payload_at, after) = Tap::next_run(&mut pkts[i..], first);
+                parsed = after;
+                if n > 1 {
+                    (n, self.write_run(&h, &pkts[i..i + n], payload_at))
+                } else {
+                    (1, self.write_frame(&mut pkts[i]))
+                }
+            } else {
+                (1, self.write_frame(&mut pkts[i]))
+            };
+            i += n;
+            let n64 = n as u64;
+            match r {
                 Ok(()) => {
-                    sent += 1;
-                    self.stats.tx_frames += 1;
+                    sent += n;
+                    self.stats.tx_frames += n64;
+                    if n > 1 {
+                        self.stats.tx_gro += 1;
+                        self.stats.tx_gro_segments += n64;
+                    }
                 }
                 // Queue full or link down: the rest would be refused too.
                 Err(Errno::EAGAIN | Errno::EIO) => {
-                    self.stats.tx_refused += 1;
+                    self.stats.tx_refused += n64;
                     refusing = true;
                 }
                 // The device is gone from under the fd.
                 Err(e @ (Errno::EBADF | Errno::EBADFD | Errno::ENODEV)) => {
-                    self.stats.tx_refused += 1;
+                    self.stats.tx_refused += n64;
                     refusing = true;
                     fatal = Some(e);
                 }
-                // This frame only (too short, too long for the MTU).
-                Err(_) => self.stats.tx_errors += 1,
+                // This frame only (too short, too long for the MTU). A superframe
+                // the kernel refuses turns joining off on this port: the segments
+                // are lost once, not again and again.
+                Err(_) => {
+                    self.stats.tx_errors += n64;
+                    if n > 1 {
+                        self.gro = false;
+                    }
+                }
             }
-            pool.free(p);
         }
+        batch.clear_into(pool);
         match fatal {
             Some(e) if sent == 0 => Err(e.into()),
             _ => Ok(sent),
@@ -617,6 +720,17 @@ impl Port for Tap {
 
     fn rx_fd(&self) -> Option<RawFd> {
         Some(self.fd.as_raw_fd())
+    }
+
+    fn offload_stats(&self) -> PortOffload {
+        let s = &self.stats;
+        PortOffload {
+            rx_gso_superframes: s.rx_gso,
+            rx_gso_segments: s.rx_gso_segments,
+            tx_gro_superframes: s.tx_gro,
+            tx_gro_segments: s.tx_gro_segments,
+            rx_dropped: s.rx_oversize + s.rx_bad_vnet + s.rx_gso_bad + s.rx_gso_unsupported,
+        }
     }
 }
 
