@@ -5,7 +5,7 @@
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::path::Path;
 
-use sluice_dataplane::port::tap::{Tap, TapError, TapOptions};
+use sluice_dataplane::port::tap::{Tap, TapError};
 use sluice_dataplane::sys::link::{LinkError, Netlink, RouteV4};
 use sluice_dataplane::table::Prefix;
 use sluice_dataplane::wire::MacAddr;
@@ -172,7 +172,11 @@ pub fn host_port(
     pod_cidr: Prefix,
     cluster_cidr: Prefix,
 ) -> Result<HostPort, NetError> {
-    let opts = TapOptions::new().vnet_hdr(false);
+    // Offloads as on pod ports: in native mode the node's kernel forwards the
+    // pods' traffic through here, and superframes from the uplink (GSO from a
+    // peer, GRO on a NIC) then reach Sluice whole instead of cut into
+    // segments first, one read(2) each.
+    let opts = crate::daemon::pod::tap_options();
     let tap = match Tap::attach(name, &opts) {
         Ok(t) => t,
         Err(TapError::NotFound { .. }) => {
