@@ -25,6 +25,7 @@
 //! segments where they are and writes the first one's headers and payload, then
 //! the other payloads, in one gather write.
 
+use crate::buf::Packet;
 use crate::sys::tun::VnetHdr;
 use crate::wire::checksum;
 
@@ -389,6 +390,59 @@ impl Udp4Split {
         out[udp + 4..udp + 6].copy_from_slice(&((8 + len) as u16).to_be_bytes());
         out[udp + 6..udp + 8].fill(0);
         at + len
+    }
+}
+
+/// A run found at the head of a batch of packets and prepared for sending as
+/// one superframe: how many packets, the virtio-net header to send the first
+/// (rewritten) one with, and where the others' payload starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Joined {
+    pub count: usize,
+    pub hdr: VnetHdr,
+    pub payload_at: usize,
+}
+
+/// Joins the TCP run that starts at `pkts[0]` (`first` is its parse) and
+/// rewrites `pkts[0]` to head it. Also returns the parse of the packet after
+/// the run, if one was read, so the caller need not read it again.
+pub fn join_tcp(pkts: &mut [Packet], first: Tcp4Seg) -> (Joined, Option<Option<Tcp4Seg>>) {
+    let mut run = Tcp4Run::start(first);
+    let mut after = None;
+    for p in &pkts[1..] {
+        let seg = Tcp4Seg::parse(p.data());
+        match seg {
+            Some(ref n) if run.push(pkts[0].data(), p.data(), n) => {}
+            _ => {
+                after = Some(seg);
+                break;
+            }
+        }
+    }
+    let hdr = run.finish(pkts[0].data_mut());
+    let joined = Joined {
+        count: run.count(),
+        hdr,
+        payload_at: run.payload_at(),
+    };
+    (joined, after)
+}
+
+/// Joins the run of UDP datagrams with `pkts[0]`'s headers that starts there
+/// (`first` is its parse) and rewrites `pkts[0]` to head it.
+pub fn join_udp(pkts: &mut [Packet], first: Udp4Seg) -> Joined {
+    let mut run = Udp4Run::start(first);
+    for p in &pkts[1..] {
+        match Udp4Seg::parse(p.data()) {
+            Some(s) if run.push(pkts[0].data(), p.data(), &s) => {}
+            _ => break,
+        }
+    }
+    let hdr = run.finish(pkts[0].data_mut());
+    Joined {
+        count: run.count(),
+        hdr,
+        payload_at: UDP_PAYLOAD_AT,
     }
 }
 

@@ -65,11 +65,11 @@ use nix::sys::socket::{self as nsock, AddressFamily, SockFlag, SockType, Sockadd
 use std::collections::VecDeque;
 
 use crate::buf::{Batch, Packet, Pool, MAX_BATCH, SIZE_CLASSES};
-use crate::port::gro::{Tcp4Run, Tcp4Seg, Udp4Run, Udp4Seg, Udp4Split};
+use crate::port::gro::{join_tcp, join_udp, Joined, Tcp4Seg, Udp4Seg, Udp4Split};
 use crate::port::gso::Tcp4Gso;
 use crate::port::{Port, PortOffload};
 use crate::sys::bpf_classic::{self as bpf, Insn};
-use crate::sys::packet::{self as sys, Mmsg, MmsgV, VNET_HDR_LEN};
+use crate::sys::packet::{self as sys, MmsgV, VNET_HDR_LEN};
 use crate::sys::tun::VnetHdr;
 use crate::sys::valid_ifname;
 use crate::wire::{vxlan, MacAddr};
@@ -352,7 +352,11 @@ pub struct PacketSocket {
     ifindex: u32,
     mac: MacAddr,
     filter: UplinkFilter,
-    mmsg: Mmsg,
+    mmsg: MmsgV,
+    /// The header of each message being sent (unused without `offload`).
+    tx_hdrs: Vec<[u8; VNET_HDR_LEN]>,
+    /// Each message being sent: first frame, frame count, payload offset.
+    tx_msgs: Vec<(usize, usize, usize)>,
     /// Buffers lent to one receive call; empty between calls.
     staging: Batch,
     /// With a virtio-net header on every frame: superframes both ways.
@@ -387,14 +391,9 @@ const SCRATCH_TAIL: usize = 64 * 1024 + 1024;
 /// or merged by the link's GRO) runs on from the pool buffer into a scratch
 /// buffer and is cut into frames; those beyond the burst wait in `overflow`.
 struct Offload {
-    mmsg: MmsgV,
     rx_hdrs: Vec<[u8; VNET_HDR_LEN]>,
     scratch: Vec<Box<[u8]>>,
     overflow: VecDeque<Packet>,
-    /// The header of each message being sent.
-    tx_hdrs: Vec<[u8; VNET_HDR_LEN]>,
-    /// Each message being sent: first frame, frame count, payload offset.
-    tx_msgs: Vec<(usize, usize, usize)>,
     /// Joining is off after the kernel refused a superframe.
     tx_join: bool,
 }
@@ -402,14 +401,11 @@ struct Offload {
 impl Offload {
     fn new() -> Offload {
         Offload {
-            mmsg: MmsgV::new(MAX_BATCH),
             rx_hdrs: vec![[0; VNET_HDR_LEN]; RX_SLOTS],
             scratch: (0..RX_SLOTS)
                 .map(|_| vec![0u8; SCRATCH_PREFIX + SCRATCH_TAIL].into_boxed_slice())
                 .collect(),
             overflow: VecDeque::new(),
-            tx_hdrs: Vec::with_capacity(MAX_BATCH),
-            tx_msgs: Vec::with_capacity(MAX_BATCH),
             tx_join: true,
         }
     }
@@ -499,7 +495,9 @@ impl PacketSocket {
             ifindex,
             mac: MacAddr::from_bytes(&link.addr[..6]),
             filter: filter.clone(),
-            mmsg: Mmsg::new(MAX_BATCH),
+            mmsg: MmsgV::new(MAX_BATCH),
+            tx_hdrs: Vec::with_capacity(MAX_BATCH),
+            tx_msgs: Vec::with_capacity(MAX_BATCH),
             staging: Batch::new(),
             offload,
             stats: PacketStats::default(),
@@ -575,7 +573,11 @@ impl Port for PacketSocket {
         let bufs = &mut self.staging;
         let mmsg = &mut self.mmsg;
         let got = loop {
-            match mmsg.recv(fd, bufs.as_mut_slice().iter_mut().map(|p| p.rx_area())) {
+            let msgs = bufs
+                .as_mut_slice()
+                .iter_mut()
+                .map(|p| std::iter::once(p.rx_area()));
+            match mmsg.recv(fd, msgs) {
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
                 r => break r,
             }
@@ -609,46 +611,7 @@ impl Port for PacketSocket {
     }
 
     fn tx_burst(&mut self, pool: &mut Pool, batch: &mut Batch) -> io::Result<usize> {
-        if self.offload.is_some() {
-            return self.tx_offload(pool, batch);
-        }
-        let total = batch.len();
-        let (mut done, mut sent) = (0, 0);
-        let mut fatal = None;
-        let fd = self.fd.as_fd();
-        while done < total {
-            let frames = batch.as_slice()[done..].iter().map(|p| p.data());
-            let r = self.mmsg.send(fd, frames);
-            self.stats.tx_calls += 1;
-            match r.map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(0))) {
-                Ok(0) => break,
-                Ok(k) => {
-                    done += k;
-                    sent += k;
-                }
-                Err(Errno::EINTR) => {}
-                // The send buffer or device queue is full, or the link is down: the
-                // rest would be refused too.
-                Err(Errno::EAGAIN | Errno::ENOBUFS | Errno::ENETDOWN) => break,
-                // The link is gone from under the socket.
-                Err(e @ (Errno::ENXIO | Errno::ENODEV | Errno::EBADF)) => {
-                    fatal = Some(e);
-                    break;
-                }
-                // This frame only (shorter than a header, longer than the MTU).
-                Err(_) => {
-                    self.stats.tx_errors += 1;
-                    done += 1;
-                }
-            }
-        }
-        self.stats.tx_frames += sent as u64;
-        self.stats.tx_refused += (total - done) as u64;
-        batch.clear_into(pool);
-        match fatal {
-            Some(e) if sent == 0 => Err(e.into()),
-            _ => Ok(sent),
-        }
+        self.send_batch(pool, batch)
     }
 
     fn rx_fd(&self) -> Option<RawFd> {
@@ -692,8 +655,8 @@ impl PacketSocket {
         let buf_room = self.staging.as_slice()[0].capacity();
         let spill = buf_room <= SCRATCH_PREFIX;
         let fd = self.fd.as_fd();
+        let mmsg = &mut self.mmsg;
         let Offload {
-            mmsg,
             rx_hdrs,
             scratch,
             overflow,
@@ -798,45 +761,51 @@ impl PacketSocket {
         Ok(got)
     }
 
-    /// [`Port::tx_burst`] with a virtio-net header in front of each frame, runs
-    /// joined into superframes.
-    fn tx_offload(&mut self, pool: &mut Pool, batch: &mut Batch) -> io::Result<usize> {
-        let off = self.offload.as_mut().expect("offload on");
-        off.tx_hdrs.clear();
-        off.tx_msgs.clear();
+    /// Sends a batch in `sendmmsg(2)` calls. With the virtio-net header on, runs
+    /// are joined into superframes first and each message starts with its header.
+    fn send_batch(&mut self, pool: &mut Pool, batch: &mut Batch) -> io::Result<usize> {
+        let vnet = self.offload.is_some();
+        let join = self.offload.as_ref().is_some_and(|o| o.tx_join);
+        self.tx_hdrs.clear();
+        self.tx_msgs.clear();
         let pkts = batch.as_mut_slice();
         let mut i = 0;
         while i < pkts.len() {
-            let (n, h, at) = if off.tx_join {
+            let run = if join {
                 join_run(&mut pkts[i..])
             } else {
-                (1, VnetHdr::default(), 0)
+                Joined {
+                    count: 1,
+                    hdr: VnetHdr::default(),
+                    payload_at: 0,
+                }
             };
-            off.tx_hdrs.push(vnet_bytes(&h));
-            off.tx_msgs.push((i, n, at));
-            i += n;
+            self.tx_hdrs.push(vnet_bytes(&run.hdr));
+            self.tx_msgs.push((i, run.count, run.payload_at));
+            i += run.count;
         }
         let total = pkts.len();
         let (mut done_msgs, mut done, mut sent) = (0, 0, 0);
         let mut fatal = None;
         let fd = self.fd.as_fd();
         let pkts = batch.as_slice();
-        while done_msgs < off.tx_msgs.len() {
-            let msgs = off.tx_msgs[done_msgs..]
+        while done_msgs < self.tx_msgs.len() {
+            let msgs = self.tx_msgs[done_msgs..]
                 .iter()
-                .zip(&off.tx_hdrs[done_msgs..])
+                .zip(&self.tx_hdrs[done_msgs..])
                 .map(|(&(first, n, at), h)| {
+                    let hdr = vnet.then_some(&h[..]);
                     let rest = pkts[first + 1..first + n]
                         .iter()
                         .map(move |p| &p.data()[at..]);
-                    [&h[..], pkts[first].data()].into_iter().chain(rest)
+                    hdr.into_iter().chain([pkts[first].data()]).chain(rest)
                 });
-            let r = off.mmsg.send(fd, msgs);
+            let r = self.mmsg.send(fd, msgs);
             self.stats.tx_calls += 1;
             match r.map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(0))) {
                 Ok(0) => break,
                 Ok(k) => {
-                    for &(_, n, _) in &off.tx_msgs[done_msgs..done_msgs + k] {
+                    for &(_, n, _) in &self.tx_msgs[done_msgs..done_msgs + k] {
                         done += n;
                         sent += n;
                         if n > 1 {
@@ -847,18 +816,24 @@ impl PacketSocket {
                     done_msgs += k;
                 }
                 Err(Errno::EINTR) => {}
+                // The send buffer or device queue is full, or the link is down: the
+                // rest would be refused too.
                 Err(Errno::EAGAIN | Errno::ENOBUFS | Errno::ENETDOWN) => break,
+                // The link is gone from under the socket.
                 Err(e @ (Errno::ENXIO | Errno::ENODEV | Errno::EBADF)) => {
                     fatal = Some(e);
                     break;
                 }
-                // This message only. A superframe refused turns joining off: its
-                // frames are lost once, not again and again.
+                // This message only (shorter than a header, longer than the MTU).
+                // A superframe refused turns joining off: its frames are lost
+                // once, not again and again.
                 Err(_) => {
-                    let n = off.tx_msgs[done_msgs].1;
+                    let n = self.tx_msgs[done_msgs].1;
                     self.stats.tx_errors += n as u64;
                     if n > 1 {
-                        off.tx_join = false;
+                        if let Some(off) = self.offload.as_mut() {
+                            off.tx_join = false;
+                        }
                     }
                     done += n;
                     done_msgs += 1;
@@ -879,31 +854,19 @@ impl PacketSocket {
 /// superframe: UDP datagrams with the same headers, or TCP segments of one
 /// flow. Rewrites the first frame's headers for it; returns the run's length,
 /// its virtio-net header and where the payload of the others starts.
-fn join_run(pkts: &mut [Packet]) -> (usize, VnetHdr, usize) {
+fn join_run(pkts: &mut [Packet]) -> Joined {
     let udp = Udp4Seg::parse(pkts[0].data()).filter(|s| s.payload_len >= MIN_UDP_JOIN);
     if let Some(first) = udp {
-        let mut run = Udp4Run::start(first);
-        for p in &pkts[1..] {
-            match Udp4Seg::parse(p.data()) {
-                Some(s) if run.push(pkts[0].data(), p.data(), &s) => {}
-                _ => break,
-            }
-        }
-        let h = run.finish(pkts[0].data_mut());
-        return (run.count(), h, crate::port::gro::UDP_PAYLOAD_AT);
+        return join_udp(pkts, first);
     }
-    if let Some(first) = Tcp4Seg::parse(pkts[0].data()) {
-        let mut run = Tcp4Run::start(first);
-        for p in &pkts[1..] {
-            match Tcp4Seg::parse(p.data()) {
-                Some(s) if run.push(pkts[0].data(), p.data(), &s) => {}
-                _ => break,
-            }
-        }
-        let h = run.finish(pkts[0].data_mut());
-        return (run.count(), h, run.payload_at());
+    match Tcp4Seg::parse(pkts[0].data()) {
+        Some(first) => join_tcp(pkts, first).0,
+        None => Joined {
+            count: 1,
+            hdr: VnetHdr::default(),
+            payload_at: 0,
+        },
     }
-    (1, VnetHdr::default(), 0)
 }
 
 /// Cuts a superframe received into frames in buffers from `pool`, each handed

@@ -32,7 +32,7 @@ use nix::errno::Errno;
 use nix::sys::uio::{readv, writev};
 
 use crate::buf::{Batch, Packet, Pool, SIZE_CLASSES};
-use crate::port::gro::{Tcp4Run, Tcp4Seg, MAX_RUN};
+use crate::port::gro::{join_tcp, Tcp4Seg, MAX_RUN};
 use crate::port::gso::{GsoError, Tcp4Gso};
 use crate::port::{Port, PortOffload};
 use crate::sys::netns::{in_netns, NetNs};
@@ -545,32 +545,6 @@ impl Tap {
             }
         }
     }
-
-    /// Finds the run of segments that starts at `pkts[0]` (`first` is its parse,
-    /// if already done), rewrites the head for it and returns the run's length,
-    /// its header and payload offset, and the parse of the packet after it.
-    fn next_run(
-        pkts: &mut [Packet],
-        first: Option<Tcp4Seg>,
-    ) -> (usize, VnetHdr, usize, Option<Option<Tcp4Seg>>) {
-        let Some(s) = first else {
-            return (1, VnetHdr::default(), 0, None);
-        };
-        let mut run = Tcp4Run::start(s);
-        let mut after = None;
-        for p in &pkts[1..] {
-            let seg = Tcp4Seg::parse(p.data());
-            match seg {
-                Some(ref n) if run.push(pkts[0].data(), p.data(), n) => {}
-                _ => {
-                    after = Some(seg);
-                    break;
-                }
-            }
-        }
-        let h = run.finish(pkts[0].data_mut());
-        (run.count(), h, run.payload_at(), after)
-    }
 }
 
 /// Finishes a partial TCP/UDP checksum the way the kernel does
@@ -668,12 +642,20 @@ impl Port for Tap {
                 let first = parsed
                     .take()
                     .unwrap_or_else(|| Tcp4Seg::parse(pkts[i].data()));
-                let (n, h, payload_at, after) = Tap::next_run(&mut pkts[i..], first);
-                parsed = after;
-                if n > 1 {
-                    (n, self.write_run(&h, &pkts[i..i + n], payload_at))
-                } else {
-                    (1, self.write_frame(&mut pkts[i]))
+                match first.map(|s| join_tcp(&mut pkts[i..], s)) {
+                    Some((run, after)) if run.count > 1 => {
+                        parsed = after;
+                        let end = i + run.count;
+                        (
+                            run.count,
+                            self.write_run(&run.hdr, &pkts[i..end], run.payload_at),
+                        )
+                    }
+                    Some((_, after)) => {
+                        parsed = after;
+                        (1, self.write_frame(&mut pkts[i]))
+                    }
+                    None => (1, self.write_frame(&mut pkts[i])),
                 }
             } else {
                 (1, self.write_frame(&mut pkts[i]))

@@ -259,60 +259,23 @@ pub struct Received {
     pub truncated: bool,
 }
 
-/// Headers for batched receive and send, allocated once. Each call points them
-/// at the caller's buffers for its duration only.
+/// Batched receive and send of one buffer per message: [`MmsgV`] with a
+/// single piece in each.
+#[derive(Debug)]
 pub struct Mmsg {
-    hdrs: Box<[libc::mmsghdr]>,
-    iovs: Box<[libc::iovec]>,
-}
-
-// SAFETY: the raw pointers inside point at the buffers of the call in progress
-// and are rewritten at the start of every call; between calls they are never
-// read, so moving the headers to another thread cannot reach freed memory.
-unsafe impl Send for Mmsg {}
-
-impl std::fmt::Debug for Mmsg {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Mmsg")
-            .field("capacity", &self.hdrs.len())
-            .finish()
-    }
+    inner: MmsgV,
 }
 
 impl Mmsg {
     /// Room for `capacity` messages per call.
     pub fn new(capacity: usize) -> Mmsg {
-        // SAFETY: mmsghdr and iovec are plain C data (integers and pointers); all
-        // zeroes is a valid value of each.
-        let hdrs = (0..capacity).map(|_| unsafe { mem::zeroed() }).collect();
-        let iovs = (0..capacity)
-            .map(|_| libc::iovec {
-                iov_base: ptr::null_mut(),
-                iov_len: 0,
-            })
-            .collect();
-        Mmsg { hdrs, iovs }
+        Mmsg {
+            inner: MmsgV::new(capacity),
+        }
     }
 
     pub fn capacity(&self) -> usize {
-        self.hdrs.len()
-    }
-
-    /// Points header `i` at one buffer of `len` bytes starting at `base`.
-    fn set(&mut self, i: usize, base: *mut c_void, len: usize) {
-        self.iovs[i] = libc::iovec {
-            iov_base: base,
-            iov_len: len,
-        };
-        let h = &mut self.hdrs[i];
-        h.msg_len = 0;
-        h.msg_hdr.msg_name = ptr::null_mut();
-        h.msg_hdr.msg_namelen = 0;
-        h.msg_hdr.msg_iov = ptr::from_mut(&mut self.iovs[i]);
-        h.msg_hdr.msg_iovlen = 1;
-        h.msg_hdr.msg_control = ptr::null_mut();
-        h.msg_hdr.msg_controllen = 0;
-        h.msg_hdr.msg_flags = 0;
+        self.inner.capacity()
     }
 
     /// Receives up to one message into each buffer of `bufs` (at most
@@ -324,41 +287,13 @@ impl Mmsg {
         fd: BorrowedFd<'_>,
         bufs: impl Iterator<Item = &'a mut [u8]>,
     ) -> io::Result<usize> {
-        let mut n = 0;
-        for (i, b) in bufs.take(self.capacity()).enumerate() {
-            self.set(i, b.as_mut_ptr().cast(), b.len());
-            n = i + 1;
-        }
-        if n == 0 {
-            return Ok(0);
-        }
-        // SAFETY: headers 0..n point at iovecs in `self.iovs`, which point at the
-        // caller's buffers of the stated lengths; `bufs` borrowed them mutably for
-        // 'a, which covers this call. The kernel writes only within them and into
-        // the headers' msg_len and msg_flags. No timeout pointer.
-        let r = unsafe {
-            libc::recvmmsg(
-                fd.as_raw_fd(),
-                self.hdrs.as_mut_ptr(),
-                n as libc::c_uint,
-                libc::MSG_DONTWAIT,
-                ptr::null_mut(),
-            )
-        };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(r as usize)
+        self.inner.recv(fd, bufs.map(std::iter::once))
     }
 
     /// The `i`th message of the last [`Mmsg::recv`] (meaningful below what it
     /// returned).
     pub fn received(&self, i: usize) -> Option<Received> {
-        let h = self.hdrs.get(i)?;
-        Some(Received {
-            len: h.msg_len as usize,
-            truncated: h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
-        })
+        self.inner.received(i)
     }
 
     /// Sends each of `frames` (at most [`Mmsg::capacity`] of them) as one
@@ -369,30 +304,7 @@ impl Mmsg {
         fd: BorrowedFd<'_>,
         frames: impl Iterator<Item = &'a [u8]>,
     ) -> io::Result<usize> {
-        let mut n = 0;
-        for (i, f) in frames.take(self.capacity()).enumerate() {
-            // The kernel only reads send buffers; iovec just has no const form.
-            self.set(i, f.as_ptr().cast_mut().cast(), f.len());
-            n = i + 1;
-        }
-        if n == 0 {
-            return Ok(0);
-        }
-        // SAFETY: headers 0..n point at iovecs in `self.iovs`, which point at the
-        // caller's frames, borrowed for 'a (covering this call); the kernel reads
-        // them and writes only the headers' msg_len.
-        let r = unsafe {
-            libc::sendmmsg(
-                fd.as_raw_fd(),
-                self.hdrs.as_mut_ptr(),
-                n as libc::c_uint,
-                libc::MSG_DONTWAIT,
-            )
-        };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(r as usize)
+        self.inner.send(fd, frames.map(std::iter::once))
     }
 }
 
@@ -405,8 +317,9 @@ pub struct MmsgV {
     ends: Vec<usize>,
 }
 
-// SAFETY: as for `Mmsg`: the pointers are rewritten at the start of every call
-// and never read between calls.
+// SAFETY: the raw pointers inside point at the buffers of the call in progress
+// and are rewritten at the start of every call; between calls they are never
+// read, so moving the headers to another thread cannot reach freed memory.
 unsafe impl Send for MmsgV {}
 
 impl std::fmt::Debug for MmsgV {
