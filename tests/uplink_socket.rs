@@ -381,27 +381,8 @@ fn sent_frames_reach_the_peer_kernel_vxlan_device() {
     }
     let nodes = Nodes::new();
     let b = &nodes.b;
-    b.exec_ok(
-        "ip",
-        &[
-            "link",
-            "add",
-            "vx0",
-            "type",
-            "vxlan",
-            "id",
-            "4096",
-            "dstport",
-            "4789",
-            "local",
-            "198.18.0.2",
-            "dev",
-            &nodes.vb,
-            "nolearning",
-        ],
-    );
+    common::kernel_vxlan(b, &nodes.vb, "198.18.0.2");
     b.exec_ok("ip", &["addr", "add", "198.19.250.2/24", "dev", "vx0"]);
-    b.exec_ok("ip", &["link", "set", "vx0", "up"]);
     let vx_mac = read_mac(b, "vx0");
 
     let mut sock = nodes.open(&UplinkFilter::vxlan(A_IP));
@@ -483,27 +464,8 @@ fn runs_go_as_one_superframe_and_are_cut_back_on_both_kinds_of_peer() {
     }
     let nodes = Nodes::new();
     let b = &nodes.b;
-    b.exec_ok(
-        "ip",
-        &[
-            "link",
-            "add",
-            "vx0",
-            "type",
-            "vxlan",
-            "id",
-            "4096",
-            "dstport",
-            "4789",
-            "local",
-            "198.18.0.2",
-            "dev",
-            &nodes.vb,
-            "nolearning",
-        ],
-    );
+    common::kernel_vxlan(b, &nodes.vb, "198.18.0.2");
     b.exec_ok("ip", &["addr", "add", "198.19.250.2/24", "dev", "vx0"]);
-    b.exec_ok("ip", &["link", "set", "vx0", "up"]);
     let vx_mac = read_mac(b, "vx0");
 
     let mut sock = nodes.open(&UplinkFilter::vxlan(A_IP));

@@ -351,26 +351,7 @@ fn steers_tunnels_and_leaves_node_traffic(mode: XdpMode) {
     assert!(up.stats().rx_frames >= 2);
 
     // Transmit: VXLAN from A's uplink to a kernel VXLAN device in B.
-    nodes.b.exec_ok(
-        "ip",
-        &[
-            "link",
-            "add",
-            "vx0",
-            "type",
-            "vxlan",
-            "id",
-            "4096",
-            "dstport",
-            "4789",
-            "local",
-            "198.18.0.2",
-            "dev",
-            &nodes.vb,
-            "nolearning",
-        ],
-    );
-    nodes.b.exec_ok("ip", &["link", "set", "vx0", "up"]);
+    common::kernel_vxlan(&nodes.b, &nodes.vb, "198.18.0.2");
     let rx_packets = || -> u64 {
         nodes
             .b

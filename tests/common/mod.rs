@@ -73,6 +73,32 @@ pub struct Netns {
     name: String,
 }
 
+/// Makes `vx0`, a kernel VXLAN device (VNI 4096, port 4789, no learning) on
+/// `dev` with local address `local`, in `ns`, and brings it up: the real kernel
+/// peer the uplink tests send to.
+pub fn kernel_vxlan(ns: &Netns, dev: &str, local: &str) {
+    ns.exec_ok(
+        "ip",
+        &[
+            "link",
+            "add",
+            "vx0",
+            "type",
+            "vxlan",
+            "id",
+            "4096",
+            "dstport",
+            "4789",
+            "local",
+            local,
+            "dev",
+            dev,
+            "nolearning",
+        ],
+    );
+    ns.exec_ok("ip", &["link", "set", "vx0", "up"]);
+}
+
 impl Netns {
     /// Creates `name`. A namespace of that exact name left by a killed earlier run
     /// of this same process id is removed first.
