@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 
 use common::{skip_unless_root, unique, unique_ifname, Netns};
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
-use sluice_dataplane::buf::{Batch, Pool, DEFAULT_BUF_SIZE};
+use sluice_dataplane::buf::{Batch, Packet, Pool, DEFAULT_BUF_SIZE};
 use sluice_dataplane::port::packet::{KernelSinks, PacketError, PacketSocket, UplinkFilter};
-use sluice_dataplane::port::Port;
+use sluice_dataplane::port::{gso, Port};
 use sluice_dataplane::sys::netns::in_netns;
 use sluice_dataplane::testkit;
 use sluice_dataplane::wire::{udp, vxlan, MacAddr};
@@ -545,6 +545,152 @@ fn runs_go_as_one_superframe_and_are_cut_back_on_both_kinds_of_peer() {
         assert_eq!(usize::from(ip.total_len()), g.len() - 14);
         assert_eq!(ip.header_checksum(), ip.to_header().calc_header_checksum());
     }
+    assert_eq!(pool.available(), 256, "every buffer back in the pool");
+}
+
+/// An Ethernet/IPv4/TCP superframe carrying `data`, marked as the TAP port
+/// marks one (checksum partial, segment size `mss`).
+fn tcp_superframe(
+    pool: &mut Pool,
+    src_mac: MacAddr,
+    dst_mac: MacAddr,
+    data: &[u8],
+    mss: u16,
+) -> Packet {
+    let mut tcp = etherparse::TcpHeader::new(40000, 5201, 0xfff0_0000, 64240);
+    tcp.ack = true;
+    tcp.psh = true;
+    tcp.acknowledgment_number = 1;
+    let b = etherparse::PacketBuilder::ethernet2(src_mac.0, dst_mac.0)
+        .ipv4([198, 19, 250, 1], [198, 19, 250, 2], 64)
+        .tcp_header(tcp);
+    let mut f = Vec::new();
+    b.write(&mut f, data).expect("building a superframe");
+    let mut p = pool.alloc_large();
+    assert!(p.load(&f));
+    gso::mark_superframe(&mut p, mss).expect("a valid superframe");
+    p
+}
+
+/// A TCP superframe from the pipeline leaves in one message. Encapsulated
+/// (VXLAN), it goes as a UDP superframe of its segments, each segment's headers
+/// written apart and its payload sent from where it lies: the kernel's VXLAN
+/// device takes every segment, and a Sluice socket cuts them back into VXLAN
+/// datagrams whose inner TCP segments are valid and carry the data in order.
+/// Unencapsulated (native routing), it goes as a TCP superframe, which a Sluice
+/// socket hands on whole.
+#[test]
+fn tcp_superframes_leave_whole_and_arrive_valid() {
+    if skip_unless_tools() {
+        return;
+    }
+    let nodes = Nodes::new();
+    let b = &nodes.b;
+    common::kernel_vxlan(b, &nodes.vb, "198.18.0.2");
+    b.exec_ok("ip", &["addr", "add", "198.19.250.2/24", "dev", "vx0"]);
+    let vx_mac = read_mac(b, "vx0");
+    let mut sock = nodes.open(&UplinkFilter::vxlan(A_IP));
+    assert!(sock.has_offload(), "PACKET_VNET_HDR refused");
+    assert!(sock.takes_superframes());
+    let peer_filter = UplinkFilter {
+        native_prefixes: vec![(Ipv4Addr::new(198, 19, 250, 0), 24)],
+        ..UplinkFilter::vxlan(B_IP)
+    };
+    let mut peer = in_netns(&b.handle(), || PacketSocket::open(&nodes.vb, &peer_filter))
+        .expect("entering B")
+        .expect("opening B's uplink socket");
+    let a_mac = sock.mac();
+    let mut pool = Pool::new(256, DEFAULT_BUF_SIZE);
+    let data: Vec<u8> = (0..20_000u32).map(|i| (i * 13 + i / 509) as u8).collect();
+    let segments = data.len().div_ceil(1398);
+
+    // VXLAN: the superframe behind the outer headers the encap stage writes.
+    let before = rx_packets(b, "vx0");
+    let pod_mac = MacAddr([0x02, 0, 198, 19, 250, 1]);
+    let inner = tcp_superframe(&mut pool, pod_mac, vx_mac, &data, 1398);
+    let f = vxlan_frame(a_mac, nodes.b_mac, B_IP, 50000, inner.data());
+    pool.free(inner);
+    let mut p = pool.alloc_large();
+    assert!(p.load(&f));
+    p.set_superframe(1398, 64);
+    let mut batch = Batch::new();
+    batch.push(p);
+    assert_eq!(sock.tx_burst(&mut pool, &mut batch).expect("sending"), 1);
+    let st = *sock.stats();
+    assert_eq!(
+        (st.tx_gso, st.tx_gso_segments, st.tx_frames, st.tx_calls),
+        (1, segments as u64, segments as u64, 1),
+        "{st:?}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(3), || rx_packets(b, "vx0")
+            >= before + segments as u64),
+        "vx0 received {} of {segments}",
+        rx_packets(b, "vx0") - before
+    );
+    let got = receive(
+        &mut peer,
+        &mut pool,
+        segments,
+        Duration::from_secs(3),
+        Duration::from_millis(100),
+    );
+    assert_eq!(got.len(), segments);
+    let mut joined = Vec::new();
+    for (i, g) in got.iter().enumerate() {
+        let outer = etherparse::Ipv4HeaderSlice::from_slice(&g[14..34]).expect("outer IPv4");
+        assert_eq!(usize::from(outer.total_len()), g.len() - 14);
+        assert_eq!(
+            outer.header_checksum(),
+            outer.to_header().calc_header_checksum()
+        );
+        let sp = SlicedPacket::from_ethernet(&g[50..]).expect("inner frame");
+        let (Some(NetSlice::Ipv4(ip)), Some(TransportSlice::Tcp(tcp))) = (sp.net, sp.transport)
+        else {
+            panic!("segment {i} is not TCP/IPv4");
+        };
+        let ih = ip.header().to_header();
+        assert_eq!(ih.header_checksum, ih.calc_header_checksum(), "segment {i}");
+        let th = tcp.to_header();
+        assert_eq!(
+            th.checksum,
+            th.calc_checksum_ipv4(&ih, tcp.payload()).unwrap(),
+            "segment {i}"
+        );
+        assert_eq!(th.sequence_number, 0xfff0_0000 + (i * 1398) as u32);
+        joined.extend_from_slice(tcp.payload());
+    }
+    assert!(joined == data, "the data arrived changed or out of order");
+
+    // Native: the superframe itself, to B's MAC.
+    let p = tcp_superframe(&mut pool, a_mac, nodes.b_mac, &data, 1398);
+    let sent = p.data().to_vec();
+    let mut batch = Batch::new();
+    batch.push(p);
+    assert_eq!(sock.tx_burst(&mut pool, &mut batch).expect("sending"), 1);
+    assert_eq!(sock.stats().tx_gso, 2);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut rx = Batch::new();
+    while rx.is_empty() && Instant::now() < deadline {
+        peer.rx_burst(&mut pool, &mut rx, 64).expect("receiving");
+        if rx.is_empty() {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    assert_eq!(rx.len(), 1, "one superframe");
+    let q = &rx.as_slice()[0];
+    assert!(q.meta.is_superframe());
+    assert_eq!((q.meta.gso_size, q.meta.gso_ip), (1398, 14));
+    assert_eq!(q.data(), &sent[..], "received as sent");
+    let pst = *peer.stats();
+    assert_eq!(
+        (pst.rx_gso, pst.rx_gso_segments),
+        (2, 2 * segments as u64),
+        "{pst:?}"
+    );
+    rx.clear_into(&mut pool);
+    drop(peer);
+    drop(sock);
     assert_eq!(pool.available(), 256, "every buffer back in the pool");
 }
 

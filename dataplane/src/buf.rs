@@ -73,6 +73,15 @@ pub struct Meta {
     pub src_ep: u32,
     /// Endpoint index of the local pod it is for (`u32::MAX`: not a local pod).
     pub dst_ep: u32,
+    /// Non-zero for a TCP superframe (TSO/GSO) carried whole: the payload bytes
+    /// of each segment it stands for (the MSS). Its TCP checksum field holds the
+    /// pseudo-header sum (partial, as the kernel hands it over); whoever cuts it
+    /// computes each segment's checksum.
+    pub gso_size: u16,
+    /// Of a superframe: where its TCP/IPv4 header starts in the frame. The
+    /// encapsulating stages move it by the bytes they prepend, so a port can
+    /// tell outer headers from inner ones.
+    pub gso_ip: u8,
 }
 
 impl Meta {
@@ -81,6 +90,16 @@ impl Meta {
     pub const FLAG_TRACE: u8 = 1 << 0;
     /// The packet arrived encapsulated from a remote node.
     pub const FLAG_FROM_TUNNEL: u8 = 1 << 1;
+    /// Its TCP/UDP checksum is known good without summing it: it was cut from a
+    /// superframe whose checksum a sender on this host left partial (the
+    /// bytes never crossed a wire). Set by the port, kept by the stages.
+    pub const FLAG_L4_CSUM_OK: u8 = 1 << 2;
+
+    /// Whether the packet is a TCP superframe carried whole.
+    #[inline(always)]
+    pub fn is_superframe(&self) -> bool {
+        self.gso_size != 0
+    }
 }
 
 /// A packet buffer: metadata, then the data area (headroom + frame). The
@@ -126,6 +145,13 @@ impl std::fmt::Debug for Packet {
 /// cache sets, which a power-of-two stride would cause (DPDK pads its mbufs for
 /// the same reason).
 pub const SIZE_CLASSES: [usize; 4] = [448, 2240, 9408, 65728];
+
+/// The size class of buffers that hold a whole 64 KiB superframe.
+pub const LARGE_BUF_SIZE: usize = SIZE_CLASSES[3];
+
+/// Large buffers a pool keeps once made (more are freed back to the allocator):
+/// what the superframes in flight through one worker need.
+pub const LARGE_KEEP: usize = 128;
 
 impl Packet {
     /// A packet with its own buffer of at least `size` data bytes (headroom
@@ -232,6 +258,8 @@ impl Buf {
     #[inline]
     pub fn load(&mut self, frame: &[u8]) -> bool {
         self.head = HEADROOM as u32;
+        self.meta.gso_size = 0;
+        self.meta.flags = 0;
         if frame.len() > self.capacity() {
             self.len = 0;
             return false;
@@ -247,7 +275,17 @@ impl Buf {
     pub fn rx_area(&mut self) -> &mut [u8] {
         self.head = HEADROOM as u32;
         self.len = 0;
+        self.meta.gso_size = 0;
+        self.meta.flags = 0;
         &mut self.data[HEADROOM..]
+    }
+
+    /// Marks the frame as a TCP superframe of `gso_size`-byte segments whose
+    /// IPv4 header starts `ip_at` bytes in (see [`Meta::gso_size`]).
+    #[inline]
+    pub fn set_superframe(&mut self, gso_size: u16, ip_at: u8) {
+        self.meta.gso_size = gso_size;
+        self.meta.gso_ip = ip_at;
     }
 
     /// Marks `len` bytes written into [`Buf::rx_area`] as the frame.
@@ -313,12 +351,19 @@ impl Buf {
     }
 }
 
-/// A preallocated set of packet buffers of one size.
+/// A preallocated set of packet buffers of one size, and beside it the large
+/// buffers ([`LARGE_BUF_SIZE`]) that superframes travel in.
+///
+/// Large buffers are made on first demand and kept (up to [`LARGE_KEEP`]) when
+/// they come back, so a worker whose ports hand over superframes allocates
+/// only until it has the few it keeps cycling.
 #[derive(Debug)]
 pub struct Pool {
     free: Vec<Packet>,
     buf_size: usize,
     total: usize,
+    large: Vec<Packet>,
+    large_made: u64,
 }
 
 impl Pool {
@@ -333,6 +378,36 @@ impl Pool {
             free,
             buf_size,
             total: count,
+            large: Vec::new(),
+            large_made: 0,
+        }
+    }
+
+    /// A clean large buffer: a kept one, or a new one.
+    pub fn alloc_large(&mut self) -> Packet {
+        match self.large.pop() {
+            Some(mut p) => {
+                p.reset();
+                p
+            }
+            None => {
+                self.large_made += 1;
+                Packet::with_capacity(LARGE_BUF_SIZE)
+            }
+        }
+    }
+
+    /// Large buffers made so far (allocations: steady state adds none).
+    pub fn large_made(&self) -> u64 {
+        self.large_made
+    }
+
+    /// Gives back a buffer of another size than the pool's: a large one is
+    /// kept while there is room, anything else is freed.
+    #[cold]
+    fn free_other(&mut self, p: Packet) {
+        if p.data.len() == LARGE_BUF_SIZE && self.large.len() < LARGE_KEEP {
+            self.large.push(p);
         }
     }
 
@@ -342,6 +417,8 @@ impl Pool {
         let mut p = self.free.pop()?;
         p.head = HEADROOM as u32;
         p.len = 0;
+        p.meta.gso_size = 0;
+        p.meta.flags = 0;
         Some(p)
     }
 
@@ -349,7 +426,9 @@ impl Pool {
     /// only if this pool has room for it, so a pool never grows past its size.
     #[inline]
     pub fn free(&mut self, p: Packet) {
-        if self.free.len() < self.total && p.data.len() == self.buf_size {
+        if p.data.len() != self.buf_size {
+            self.free_other(p);
+        } else if self.free.len() < self.total {
             self.free.push(p);
         }
     }
@@ -380,9 +459,7 @@ impl Pool {
             return;
         }
         for p in batch.pkts.drain(..) {
-            if self.free.len() < self.total && p.data.len() == self.buf_size {
-                self.free.push(p);
-            }
+            self.free(p);
         }
     }
 

@@ -28,6 +28,7 @@ use crate::buf::{Batch, Packet, Pool, PortId, DEFAULT_BUF_SIZE, MAX_BATCH};
 use crate::drop::DropReason;
 use crate::pipeline::{Pipeline, TxQueues};
 use crate::policy::Policy;
+use crate::port::gso::Tcp4Gso;
 use crate::port::Port;
 use crate::stage::Counters;
 use crate::table::TableHandle;
@@ -241,6 +242,7 @@ impl Runtime {
                 shared: shared.clone(),
                 pipeline: Pipeline::new(tables, policy()),
                 pool: Pool::new(cfg.pool_size, cfg.buf_size),
+                cut: Batch::new(),
                 ports: Vec::new(),
                 ready: Vec::new(),
                 tx: TxQueues::with_ports(8),
@@ -462,6 +464,8 @@ struct Worker<P: Policy> {
     shared: Arc<Shared>,
     pipeline: Pipeline<P>,
     pool: Pool,
+    /// Segments of superframes cut for a port that cannot send them whole.
+    cut: Batch,
     /// Indexed by port id.
     ports: Vec<Option<OwnedPort>>,
     /// Port ids with frames (maybe) waiting.
@@ -480,6 +484,78 @@ struct Worker<P: Policy> {
     tracer: Option<Sender<TraceRecord>>,
     /// Origin of the monotonic `now` handed to the pipeline.
     epoch: Instant,
+}
+
+/// Sends `q` on `op`, which is left empty, and counts the outcome.
+fn transmit(op: &mut OwnedPort, pool: &mut Pool, q: &mut Batch, stats: &mut WorkerStats) {
+    let n = q.len();
+    let bytes: u64 = q.iter().map(|p| p.len() as u64).sum();
+    match op.port.tx_burst(pool, q) {
+        Ok(sent) => {
+            op.stats.tx_packets += sent as u64;
+            op.stats.tx_bytes += if sent == n { bytes } else { 0 };
+            op.stats.tx_dropped += (n - sent) as u64;
+        }
+        Err(e) => {
+            op.stats.tx_errors += 1;
+            stats.last_error = Some(format!("tx on {}: {e}", op.name));
+        }
+    }
+    pool.free_batch(q);
+}
+
+/// [`transmit`] for a port that cannot send superframes whole: each is cut
+/// into segments (outer headers and all, [`Tcp4Gso`]) in pool buffers, sent a
+/// batch at a time. One that cannot be cut (no buffers, bad headers, segments
+/// longer than a buffer) is lost, counted in the port's `tx_dropped`.
+fn transmit_cut(
+    op: &mut OwnedPort,
+    pool: &mut Pool,
+    q: &mut Batch,
+    cut: &mut Batch,
+    stats: &mut WorkerStats,
+) {
+    for p in q.drain() {
+        if !p.meta.is_superframe() {
+            cut.push(p);
+        } else {
+            let ip_at = usize::from(p.meta.gso_ip);
+            match Tcp4Gso::parse_at(p.data(), ip_at, p.meta.gso_size) {
+                Ok(g) => {
+                    for i in 0..g.count() {
+                        if cut.is_full() {
+                            transmit(op, pool, cut, stats);
+                        }
+                        let Some(mut s) = pool.alloc() else {
+                            op.stats.tx_dropped += 1;
+                            break;
+                        };
+                        match g.write_segment(p.data(), i, s.rx_area()) {
+                            Ok(n) => {
+                                s.set_received(n);
+                                s.meta = p.meta;
+                                s.meta.gso_size = 0;
+                                cut.push(s);
+                            }
+                            Err(_) => {
+                                pool.free(s);
+                                op.stats.tx_dropped += 1;
+                                break;
+                            }
+                        }
+                    }
+                }
+                Err(_) => op.stats.tx_dropped += 1,
+            }
+            pool.free(p);
+        }
+        if cut.is_full() {
+            transmit(op, pool, cut, stats);
+        }
+    }
+    if !cut.is_empty() {
+        transmit(op, pool, cut, stats);
+    }
 }
 
 impl<P: Policy> Worker<P> {
@@ -707,6 +783,7 @@ impl<P: Policy> Worker<P> {
             tx,
             ports,
             pool,
+            cut,
             outgoing,
             owners,
             stats,
@@ -720,20 +797,11 @@ impl<P: Policy> Worker<P> {
                     if !captures.is_empty() {
                         copy_out(captures, port, q, false);
                     }
-                    let n = q.len();
-                    let bytes: u64 = q.iter().map(|p| p.len() as u64).sum();
-                    match op.port.tx_burst(pool, q) {
-                        Ok(sent) => {
-                            op.stats.tx_packets += sent as u64;
-                            op.stats.tx_bytes += if sent == n { bytes } else { 0 };
-                            op.stats.tx_dropped += (n - sent) as u64;
-                        }
-                        Err(e) => {
-                            op.stats.tx_errors += 1;
-                            stats.last_error = Some(format!("tx on {}: {e}", op.name));
-                        }
+                    if !op.port.takes_superframes() && q.iter().any(|p| p.meta.is_superframe()) {
+                        transmit_cut(op, pool, q, cut, stats);
+                    } else {
+                        transmit(op, pool, q, stats);
                     }
-                    pool.free_batch(q);
                 }
                 None => {
                     let owner = owners

@@ -25,7 +25,7 @@
 //! segments where they are and writes the first one's headers and payload, then
 //! the other payloads, in one gather write.
 
-use crate::buf::Packet;
+use crate::buf::{Meta, Packet};
 use crate::sys::tun::VnetHdr;
 use crate::wire::checksum;
 
@@ -64,6 +64,17 @@ impl Tcp4Seg {
     /// options or fragmentation, TCP with a payload and only ACK (and PSH) set,
     /// no trailing bytes, both checksums valid. `None`: it goes alone.
     pub fn parse(frame: &[u8]) -> Option<Tcp4Seg> {
+        Tcp4Seg::parse_checked(frame, false)
+    }
+
+    /// [`Tcp4Seg::parse`] of a packet: its TCP checksum is not summed again
+    /// when its metadata says it is known good
+    /// ([`Meta::FLAG_L4_CSUM_OK`](crate::buf::Meta::FLAG_L4_CSUM_OK)).
+    pub fn of(p: &Packet) -> Option<Tcp4Seg> {
+        Tcp4Seg::parse_checked(p.data(), p.meta.flags & Meta::FLAG_L4_CSUM_OK != 0)
+    }
+
+    fn parse_checked(frame: &[u8], csum_ok: bool) -> Option<Tcp4Seg> {
         let ip: &[u8; IP_LEN] = frame.get(ETH_LEN..TCP_AT)?.try_into().ok()?;
         if frame[12..14] != [0x08, 0x00] || ip[0] != 0x45 || ip[9] != PROTO_TCP {
             return None;
@@ -88,7 +99,9 @@ impl Tcp4Seg {
         }
         let l4_len = (frame.len() - TCP_AT) as u16;
         let pseudo = pseudo_sum(ip, l4_len);
-        if checksum::fold(u64::from(pseudo) + u64::from(checksum::sum(&frame[TCP_AT..]))) != 0xffff
+        if !csum_ok
+            && checksum::fold(u64::from(pseudo) + u64::from(checksum::sum(&frame[TCP_AT..])))
+                != 0xffff
         {
             return None;
         }
@@ -283,26 +296,35 @@ impl Udp4Run {
         if self.count == 1 {
             return VnetHdr::default();
         }
-        let udp_len = (8 + self.payload) as u16;
-        let total = IP_LEN as u16 + udp_len;
-        head[ETH_LEN + 2..ETH_LEN + 4].copy_from_slice(&total.to_be_bytes());
-        head[ETH_LEN + 10..ETH_LEN + 12].fill(0);
-        let ip: &mut [u8; IP_LEN] = (&mut head[ETH_LEN..TCP_AT]).try_into().expect("20 bytes");
-        let csum = !checksum::sum20(ip);
-        ip[10..12].copy_from_slice(&csum.to_be_bytes());
-        let w = |i: usize| u64::from(u16::from_be_bytes([ip[i], ip[i + 1]]));
-        let pseudo = checksum::fold(w(12) + w(14) + w(16) + w(18) + 17 + u64::from(udp_len));
-        head[TCP_AT + 4..TCP_AT + 6].copy_from_slice(&udp_len.to_be_bytes());
-        head[TCP_AT + 6..TCP_AT + 8].copy_from_slice(&pseudo.to_be_bytes());
-        VnetHdr {
-            flags: VnetHdr::F_NEEDS_CSUM,
-            gso_type: VnetHdr::GSO_UDP_L4,
-            hdr_len: UDP_PAYLOAD_AT as u16,
-            gso_size: self.first.payload_len as u16,
-            csum_start: TCP_AT as u16,
-            csum_offset: 6,
-            num_buffers: 0,
-        }
+        udp_superframe_head(head, self.payload, self.first.payload_len)
+    }
+}
+
+/// Rewrites `head` (Ethernet, IPv4 without options, UDP) to head a UDP
+/// superframe of `payload` bytes to be cut into `gso_size`-byte pieces: IPv4
+/// total length and checksum, UDP length, the UDP checksum partial (pseudo
+/// header only; the kernel or the NIC completes it in each piece). Returns the
+/// virtio-net header to send it with.
+pub fn udp_superframe_head(head: &mut [u8], payload: usize, gso_size: usize) -> VnetHdr {
+    let udp_len = (8 + payload) as u16;
+    let total = IP_LEN as u16 + udp_len;
+    head[ETH_LEN + 2..ETH_LEN + 4].copy_from_slice(&total.to_be_bytes());
+    head[ETH_LEN + 10..ETH_LEN + 12].fill(0);
+    let ip: &mut [u8; IP_LEN] = (&mut head[ETH_LEN..TCP_AT]).try_into().expect("20 bytes");
+    let csum = !checksum::sum20(ip);
+    ip[10..12].copy_from_slice(&csum.to_be_bytes());
+    let w = |i: usize| u64::from(u16::from_be_bytes([ip[i], ip[i + 1]]));
+    let pseudo = checksum::fold(w(12) + w(14) + w(16) + w(18) + 17 + u64::from(udp_len));
+    head[TCP_AT + 4..TCP_AT + 6].copy_from_slice(&udp_len.to_be_bytes());
+    head[TCP_AT + 6..TCP_AT + 8].copy_from_slice(&pseudo.to_be_bytes());
+    VnetHdr {
+        flags: VnetHdr::F_NEEDS_CSUM,
+        gso_type: VnetHdr::GSO_UDP_L4,
+        hdr_len: UDP_PAYLOAD_AT as u16,
+        gso_size: gso_size as u16,
+        csum_start: TCP_AT as u16,
+        csum_offset: 6,
+        num_buffers: 0,
     }
 }
 
@@ -410,7 +432,7 @@ pub fn join_tcp(pkts: &mut [Packet], first: Tcp4Seg) -> (Joined, Option<Option<T
     let mut run = Tcp4Run::start(first);
     let mut after = None;
     for p in &pkts[1..] {
-        let seg = Tcp4Seg::parse(p.data());
+        let seg = Tcp4Seg::of(p);
         match seg {
             Some(ref n) if run.push(pkts[0].data(), p.data(), n) => {}
             _ => {
@@ -678,6 +700,26 @@ mod tests {
         assert_eq!(counts(&s), vec![2, 1, 2]);
         let ack = superframe(0, &[], TCP_ACK);
         assert_eq!(Tcp4Seg::parse(&ack), None);
+    }
+
+    #[test]
+    fn a_checksum_known_good_is_not_summed_again() {
+        let segs = segments(&superframe(3000, &[], TCP_ACK), 1000);
+        let mut bad = segs[1].clone();
+        bad[TCP_AT + 30] ^= 0x10;
+        let mut p = Packet::with_capacity(2240);
+        assert!(p.load(&bad));
+        assert_eq!(Tcp4Seg::of(&p), None, "summed: the damage is seen");
+        p.meta.flags |= Meta::FLAG_L4_CSUM_OK;
+        assert_eq!(Tcp4Seg::of(&p), Tcp4Seg::parse(&segs[1]), "taken on trust");
+        // The IPv4 header is still checked.
+        bad[ETH_LEN + 10] ^= 1;
+        assert!(p.load(&bad));
+        p.meta.flags |= Meta::FLAG_L4_CSUM_OK;
+        assert_eq!(Tcp4Seg::of(&p), None);
+        // A new use of the buffer forgets the flag.
+        assert!(p.load(&segs[1]));
+        assert_eq!(p.meta.flags, 0);
     }
 
     #[test]

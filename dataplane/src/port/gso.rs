@@ -18,12 +18,16 @@
 
 use std::net::Ipv4Addr;
 
+use crate::buf::Packet;
+use crate::sys::tun::VnetHdr;
 use crate::wire::checksum;
 
 /// Bytes of the Ethernet header (no VLAN tag: pods send untagged frames).
 pub const ETH_LEN: usize = 14;
 const ETHERTYPE_IPV4: u16 = 0x0800;
 const PROTO_TCP: u8 = 6;
+const PROTO_UDP: u8 = 17;
+const UDP_LEN: usize = 8;
 const IPV4_MIN: usize = 20;
 const TCP_MIN: usize = 20;
 
@@ -69,6 +73,9 @@ pub enum GsoError {
 /// The validated layout of one IPv4/TCP superframe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Tcp4Gso {
+    /// Where the TCP/IPv4 header starts: after the Ethernet header, or after
+    /// outer headers (VXLAN, IPIP) that every segment also gets.
+    ip_at: usize,
     ip_hdr_len: usize,
     tcp_hdr_len: usize,
     /// End of the IPv4 packet in the frame (bytes after it are padding).
@@ -86,19 +93,32 @@ impl Tcp4Gso {
     /// Checks the Ethernet, IPv4 and TCP headers of `frame` and how `gso_size`
     /// cuts its payload. A frame with no payload is one segment (headers only).
     pub fn parse(frame: &[u8], gso_size: u16) -> Result<Tcp4Gso, GsoError> {
-        let need = ETH_LEN + IPV4_MIN;
+        Tcp4Gso::parse_at(frame, ETH_LEN, gso_size)
+    }
+
+    /// [`Tcp4Gso::parse`] of a superframe whose TCP/IPv4 header starts `ip_at`
+    /// bytes in. With `ip_at` past the Ethernet header, an outer IPv4 header
+    /// follows the Ethernet header (and for VXLAN, UDP, VXLAN and the inner
+    /// Ethernet header): every segment gets a copy of all of it, with the outer
+    /// IPv4 (and UDP) lengths, ID and checksum its own.
+    pub fn parse_at(frame: &[u8], ip_at: usize, gso_size: u16) -> Result<Tcp4Gso, GsoError> {
         let truncated = |need| GsoError::Truncated {
             len: frame.len(),
             need,
         };
-        let Some(fixed) = frame.first_chunk::<{ ETH_LEN + IPV4_MIN }>() else {
-            return Err(truncated(need));
+        let Some(eth) = frame.first_chunk::<ETH_LEN>() else {
+            return Err(truncated(ETH_LEN));
         };
-        let ethertype = u16::from_be_bytes([fixed[12], fixed[13]]);
+        let ethertype = u16::from_be_bytes([eth[12], eth[13]]);
         if ethertype != ETHERTYPE_IPV4 {
             return Err(GsoError::NotIpv4 { ethertype });
         }
-        let ip = &fixed[ETH_LEN..];
+        if ip_at > ETH_LEN {
+            Tcp4Gso::check_outer(frame, ip_at)?;
+        }
+        let Some(ip) = frame.get(ip_at..).and_then(|b| b.first_chunk::<IPV4_MIN>()) else {
+            return Err(truncated(ip_at + IPV4_MIN));
+        };
         let ihl = usize::from(ip[0] & 0x0f) * 4;
         if ip[0] >> 4 != 4 || ihl < IPV4_MIN {
             return Err(GsoError::BadIpv4Header { byte: ip[0] });
@@ -111,7 +131,7 @@ impl Tcp4Gso {
         if frag & 0x3fff != 0 {
             return Err(GsoError::Fragment { frag });
         }
-        let tcp_at = ETH_LEN + ihl;
+        let tcp_at = ip_at + ihl;
         if frame.len() < tcp_at + TCP_MIN {
             return Err(truncated(tcp_at + TCP_MIN));
         }
@@ -125,18 +145,19 @@ impl Tcp4Gso {
             return Err(truncated(hdrs));
         }
         let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
-        let avail = frame.len() - ETH_LEN;
+        let avail = frame.len() - ip_at;
         let min = ihl + tcp_hdr_len;
         if total < min || total > avail {
             return Err(GsoError::BadTotalLength { total, min, avail });
         }
-        let end = ETH_LEN + total;
+        let end = ip_at + total;
         let payload = end - hdrs;
         if gso_size == 0 || payload.div_ceil(usize::from(gso_size)) > MAX_SEGMENTS {
             return Err(GsoError::BadSegmentSize { gso_size, payload });
         }
         let t = &frame[tcp_at..];
         Ok(Tcp4Gso {
+            ip_at,
             ip_hdr_len: ihl,
             tcp_hdr_len,
             end,
@@ -155,9 +176,54 @@ impl Tcp4Gso {
         self.count
     }
 
-    /// Ethernet, IPv4 and TCP header bytes, copied into every segment.
+    /// Header bytes copied into every segment: Ethernet, any outer headers,
+    /// IPv4 and TCP.
     pub fn header_len(&self) -> usize {
-        ETH_LEN + self.ip_hdr_len + self.tcp_hdr_len
+        self.ip_at + self.ip_hdr_len + self.tcp_hdr_len
+    }
+
+    /// Where the TCP header starts.
+    pub fn tcp_at(&self) -> usize {
+        self.ip_at + self.ip_hdr_len
+    }
+
+    /// Payload bytes per segment (the last may have fewer).
+    pub fn gso_size(&self) -> usize {
+        self.gso_size
+    }
+
+    /// The IPv4 total length of a full-sized segment (what must fit the MTU).
+    pub fn segment_ip_len(&self) -> usize {
+        self.ip_hdr_len + self.tcp_hdr_len + self.gso_size
+    }
+
+    /// Where segment `index`'s payload lies in the superframe.
+    pub fn payload_range(&self, index: usize) -> std::ops::Range<usize> {
+        let from = self.header_len() + index * self.gso_size;
+        from.min(self.end)..(from + self.gso_size).min(self.end)
+    }
+
+    /// An outer IPv4 header (and UDP, if that is its protocol) in front of the
+    /// TCP/IPv4 one at `ip_at`: checked enough that patching it stays in bounds.
+    fn check_outer(frame: &[u8], ip_at: usize) -> Result<(), GsoError> {
+        let Some(o) = frame.get(ETH_LEN..ip_at) else {
+            return Err(GsoError::Truncated {
+                len: frame.len(),
+                need: ip_at,
+            });
+        };
+        let ihl = usize::from(o.first().map_or(0, |b| b & 0x0f)) * 4;
+        let byte = o.first().copied().unwrap_or(0);
+        if byte >> 4 != 4 || ihl < IPV4_MIN || o.len() < ihl {
+            return Err(GsoError::BadIpv4Header { byte });
+        }
+        if o[9] == PROTO_UDP && o.len() < ihl + UDP_LEN {
+            return Err(GsoError::Truncated {
+                len: frame.len(),
+                need: ETH_LEN + ihl + UDP_LEN,
+            });
+        }
+        Ok(())
     }
 
     /// TCP payload bytes in the whole superframe.
@@ -178,49 +244,86 @@ impl Tcp4Gso {
         index: usize,
         out: &mut [u8],
     ) -> Result<usize, GsoError> {
-        if index >= self.count {
-            return Err(GsoError::NoSuchSegment {
-                index,
-                count: self.count,
-            });
-        }
+        let body = self.payload_range(index);
         let hdrs = self.header_len();
-        let from = hdrs + index * self.gso_size;
-        let to = (from + self.gso_size).min(self.end);
-        let len = hdrs + (to - from);
-        // `frame` is the parsed one, so `end` is within it; a different, shorter
-        // frame is refused rather than read past.
-        let (Some(head), Some(body)) = (frame.get(..hdrs), frame.get(from..to)) else {
-            return Err(GsoError::Truncated {
-                len: frame.len(),
-                need: self.end,
-            });
-        };
+        let len = hdrs + body.len();
         let Some(seg) = out.get_mut(..len) else {
             return Err(GsoError::SegmentTooLong {
                 len,
                 room: out.len(),
             });
         };
-        seg[..hdrs].copy_from_slice(head);
-        seg[hdrs..].copy_from_slice(body);
+        let (head, rest) = seg.split_at_mut(hdrs);
+        self.copy_headers(frame, index, head)?;
+        rest.copy_from_slice(&frame[body]);
+        self.patch(head, rest, index);
+        Ok(len)
+    }
 
-        let ip_at = ETH_LEN;
+    /// Writes only segment `index`'s headers into the front of `out` (its
+    /// checksums computed over the payload where it lies in `frame`); returns
+    /// their length and where the payload is. The segment is those headers
+    /// followed by that payload: a gather write sends it without a copy.
+    pub fn write_headers(
+        &self,
+        frame: &[u8],
+        index: usize,
+        out: &mut [u8],
+    ) -> Result<(usize, std::ops::Range<usize>), GsoError> {
+        let hdrs = self.header_len();
+        let Some(head) = out.get_mut(..hdrs) else {
+            return Err(GsoError::SegmentTooLong {
+                len: hdrs,
+                room: out.len(),
+            });
+        };
+        self.copy_headers(frame, index, head)?;
+        let body = self.payload_range(index);
+        self.patch(head, &frame[body.clone()], index);
+        Ok((hdrs, body))
+    }
+
+    /// Copies the superframe's headers into `head` (exactly
+    /// [`Tcp4Gso::header_len`] bytes), checking that `frame` is the parsed one.
+    fn copy_headers(&self, frame: &[u8], index: usize, head: &mut [u8]) -> Result<(), GsoError> {
+        if index >= self.count {
+            return Err(GsoError::NoSuchSegment {
+                index,
+                count: self.count,
+            });
+        }
+        // `frame` is the parsed one, so `end` is within it; a different, shorter
+        // frame is refused rather than read past.
+        if frame.len() < self.end {
+            return Err(GsoError::Truncated {
+                len: frame.len(),
+                need: self.end,
+            });
+        }
+        head.copy_from_slice(&frame[..head.len()]);
+        Ok(())
+    }
+
+    /// Makes `head` (a copy of the superframe's headers) segment `index`'s,
+    /// whose payload is `body`.
+    fn patch(&self, head: &mut [u8], body: &[u8], index: usize) {
+        let ip_at = self.ip_at;
         let tcp_at = ip_at + self.ip_hdr_len;
+        let len = head.len() + body.len();
         // IPv4: length, ID, header checksum.
-        let ip_total = (len - ETH_LEN) as u16;
-        seg[ip_at + 2..ip_at + 4].copy_from_slice(&ip_total.to_be_bytes());
+        let ip_total = (len - ip_at) as u16;
+        head[ip_at + 2..ip_at + 4].copy_from_slice(&ip_total.to_be_bytes());
         let id = self.ip_id.wrapping_add(index as u16);
-        seg[ip_at + 4..ip_at + 6].copy_from_slice(&id.to_be_bytes());
-        seg[ip_at + 10..ip_at + 12].fill(0);
-        let ip_csum = checksum::checksum(&seg[ip_at..tcp_at]);
-        seg[ip_at + 10..ip_at + 12].copy_from_slice(&ip_csum.to_be_bytes());
+        head[ip_at + 4..ip_at + 6].copy_from_slice(&id.to_be_bytes());
+        head[ip_at + 10..ip_at + 12].fill(0);
+        let ip_csum = checksum::checksum(&head[ip_at..tcp_at]);
+        head[ip_at + 10..ip_at + 12].copy_from_slice(&ip_csum.to_be_bytes());
 
         // TCP: sequence number, flags, checksum.
         let seq = self
             .seq
             .wrapping_add((index as u32).wrapping_mul(self.gso_size as u32));
-        seg[tcp_at + 4..tcp_at + 8].copy_from_slice(&seq.to_be_bytes());
+        head[tcp_at + 4..tcp_at + 8].copy_from_slice(&seq.to_be_bytes());
         let mut flags = self.flags;
         if index + 1 < self.count {
             flags &= !(TCP_FIN | TCP_PSH);
@@ -228,13 +331,69 @@ impl Tcp4Gso {
         if index > 0 {
             flags &= !TCP_CWR;
         }
-        seg[tcp_at + 13] = flags;
-        seg[tcp_at + 16..tcp_at + 18].fill(0);
+        head[tcp_at + 13] = flags;
+        head[tcp_at + 16..tcp_at + 18].fill(0);
         let tcp_len = (len - tcp_at) as u16;
         let pseudo = checksum::pseudo_header(self.src, self.dst, PROTO_TCP, tcp_len);
-        let sum = checksum::fold(u64::from(pseudo) + u64::from(checksum::sum(&seg[tcp_at..])));
-        seg[tcp_at + 16..tcp_at + 18].copy_from_slice(&(!sum).to_be_bytes());
-        Ok(len)
+        // The TCP header is a whole number of 32-bit words, so the payload's
+        // sum starts on an even byte and adds to the header's as it is.
+        let sum = checksum::fold(
+            u64::from(pseudo)
+                + u64::from(checksum::sum(&head[tcp_at..]))
+                + u64::from(checksum::sum(body)),
+        );
+        head[tcp_at + 16..tcp_at + 18].copy_from_slice(&(!sum).to_be_bytes());
+
+        if ip_at > ETH_LEN {
+            // Outer IPv4 (and UDP): this segment's lengths, the next ID.
+            let o = ETH_LEN;
+            let ihl = usize::from(head[o] & 0x0f) * 4;
+            let total = (len - o) as u16;
+            head[o + 2..o + 4].copy_from_slice(&total.to_be_bytes());
+            let oid = u16::from_be_bytes([head[o + 4], head[o + 5]]).wrapping_add(index as u16);
+            head[o + 4..o + 6].copy_from_slice(&oid.to_be_bytes());
+            head[o + 10..o + 12].fill(0);
+            let csum = checksum::checksum(&head[o..o + ihl]);
+            head[o + 10..o + 12].copy_from_slice(&csum.to_be_bytes());
+            if head[o + 9] == PROTO_UDP {
+                let u = o + ihl;
+                let ulen = (len - u) as u16;
+                head[u + 4..u + 6].copy_from_slice(&ulen.to_be_bytes());
+                // No UDP checksum (allowed over IPv4; VXLAN senders leave it out).
+                head[u + 6..u + 8].fill(0);
+            }
+        }
+    }
+}
+
+/// Checks a superframe just received into `p` (Ethernet/IPv4/TCP, cut into
+/// `gso_size`-byte segments) and marks it to travel the pipeline whole; returns
+/// how many segments it stands for. Its TCP checksum field is set to the
+/// pseudo-header sum (the partial form every port that passes it on or cuts it
+/// expects), whatever the sender left there.
+pub fn mark_superframe(p: &mut Packet, gso_size: u16) -> Result<usize, GsoError> {
+    let g = Tcp4Gso::parse(p.data(), gso_size)?;
+    let tcp_at = g.tcp_at();
+    let tcp_len = (g.end - tcp_at) as u16;
+    let pseudo = checksum::pseudo_header(g.src, g.dst, PROTO_TCP, tcp_len);
+    let f = p.data_mut();
+    f[tcp_at + 16..tcp_at + 18].copy_from_slice(&checksum::fold(u64::from(pseudo)).to_be_bytes());
+    p.set_superframe(gso_size, ETH_LEN as u8);
+    Ok(g.count())
+}
+
+/// The virtio-net header that hands the superframe `frame` (parsed as `g`,
+/// its checksum partial) to a kernel whole: the kernel, or the NIC, cuts it.
+pub fn superframe_vnet_hdr(frame: &[u8], g: &Tcp4Gso) -> VnetHdr {
+    let cwr = frame.get(g.tcp_at() + 13).is_some_and(|f| f & TCP_CWR != 0);
+    VnetHdr {
+        flags: VnetHdr::F_NEEDS_CSUM,
+        gso_type: VnetHdr::GSO_TCPV4 | if cwr { VnetHdr::GSO_ECN } else { 0 },
+        hdr_len: g.header_len() as u16,
+        gso_size: g.gso_size as u16,
+        csum_start: g.tcp_at() as u16,
+        csum_offset: 16,
+        num_buffers: 0,
     }
 }
 
@@ -363,6 +522,165 @@ mod tests {
             assert_eq!(joined, data, "len {len} mss {mss}");
             assert_eq!(count, len.div_ceil(usize::from(mss)));
         }
+    }
+
+    /// `inner` (an Ethernet frame) behind outer headers as the encapsulating
+    /// stages leave a superframe: Ethernet, IPv4 (ID 0x7000, lengths wrong on
+    /// purpose), then UDP and VXLAN with the inner Ethernet header (VXLAN), or
+    /// the inner IPv4 packet right away (IPIP). Returns the frame and where the
+    /// inner IPv4 header starts.
+    fn encapsulated(inner: &[u8], vxlan: bool) -> (Vec<u8>, usize) {
+        let mut f = vec![2, 0, 0, 0, 0, 9, 2, 0, 0, 0, 0, 8, 0x08, 0x00];
+        let proto = if vxlan { 17 } else { 4 };
+        f.extend_from_slice(&[0x45, 0, 0xff, 0xff, 0x70, 0, 0x40, 0, 64, proto, 0, 0]);
+        f.extend_from_slice(&[198, 18, 0, 1, 198, 18, 0, 2]);
+        if vxlan {
+            f.extend_from_slice(&[0xc0, 0x01, 0x12, 0xb5, 0xff, 0xff, 0xab, 0xcd]);
+            f.extend_from_slice(&[0x08, 0, 0, 0, 0, 0x10, 0, 0]);
+            f.extend_from_slice(inner);
+        } else {
+            f.extend_from_slice(&inner[ETH_LEN..]);
+        }
+        let ip_at = if vxlan { 64 } else { 34 };
+        (f, ip_at)
+    }
+
+    #[test]
+    fn outer_headers_are_made_each_segments_own() {
+        let data = payload(20_000);
+        let inner = superframe(&data, &[], &[1, 1, 1, 1], TCP_PSH);
+        for vxlan in [true, false] {
+            let (f, ip_at) = encapsulated(&inner, vxlan);
+            let g = Tcp4Gso::parse_at(&f, ip_at, 1398).unwrap();
+            assert_eq!(g.header_len(), ip_at + 20 + 24);
+            let mut joined = Vec::new();
+            let mut out = vec![0u8; 4096];
+            for i in 0..g.count() {
+                let n = g.write_segment(&f, i, &mut out).unwrap();
+                let seg = &out[..n];
+                let outer = Ipv4Header::from_slice(&seg[ETH_LEN..]).unwrap().0;
+                assert_eq!(
+                    usize::from(outer.total_len),
+                    n - ETH_LEN,
+                    "vxlan {vxlan} {i}"
+                );
+                assert_eq!(outer.header_checksum, outer.calc_header_checksum());
+                assert_eq!(outer.identification, 0x7000 + i as u16);
+                assert_eq!(&seg[..ETH_LEN], &f[..ETH_LEN]);
+                let inner_eth = if vxlan {
+                    let udp = &seg[34..42];
+                    assert_eq!(usize::from(u16::from_be_bytes([udp[4], udp[5]])), n - 34);
+                    assert_eq!(&udp[6..8], &[0, 0], "no UDP checksum");
+                    assert_eq!(&seg[34..36], &f[34..36], "source port kept");
+                    assert_eq!(&seg[42..50], &f[42..50], "VXLAN header kept");
+                    seg[50..].to_vec()
+                } else {
+                    // Give the inner packet an Ethernet header to check it as one.
+                    [&f[..ETH_LEN], &seg[34..]].concat()
+                };
+                let sp = SlicedPacket::from_ethernet(&inner_eth).unwrap();
+                let Some(etherparse::NetSlice::Ipv4(ip)) = sp.net else {
+                    panic!("inner not ipv4")
+                };
+                let Some(etherparse::TransportSlice::Tcp(tcp)) = sp.transport else {
+                    panic!("inner not tcp")
+                };
+                let ih = ip.header().to_header();
+                assert_eq!(ih.header_checksum, ih.calc_header_checksum());
+                let th = tcp.to_header();
+                assert_eq!(
+                    th.checksum,
+                    th.calc_checksum_ipv4(&ih, tcp.payload()).unwrap()
+                );
+                joined.extend_from_slice(tcp.payload());
+            }
+            assert_eq!(joined, data, "vxlan {vxlan}");
+        }
+    }
+
+    #[test]
+    fn headers_with_the_payload_in_place_are_the_segment() {
+        let data = payload(9_999);
+        let inner = superframe(&data, &[], &[], TCP_PSH | TCP_CWR);
+        let (vx, vx_at) = encapsulated(&inner, true);
+        for (f, ip_at) in [(inner.clone(), ETH_LEN), (vx, vx_at)] {
+            let g = Tcp4Gso::parse_at(&f, ip_at, 1000).unwrap();
+            let mut whole = vec![0u8; 2048];
+            let mut head = vec![0u8; 256];
+            for i in 0..g.count() {
+                let n = g.write_segment(&f, i, &mut whole).unwrap();
+                let (h, body) = g.write_headers(&f, i, &mut head).unwrap();
+                assert_eq!([&head[..h], &f[body]].concat(), &whole[..n], "segment {i}");
+            }
+            assert_eq!(
+                g.write_headers(&f, g.count(), &mut head),
+                Err(GsoError::NoSuchSegment {
+                    index: g.count(),
+                    count: g.count()
+                })
+            );
+            assert!(matches!(
+                g.write_headers(&f, 0, &mut head[..10]),
+                Err(GsoError::SegmentTooLong { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn bad_outer_headers_are_refused() {
+        let inner = superframe(&payload(3000), &[], &[], TCP_PSH);
+        let (mut f, ip_at) = encapsulated(&inner, true);
+        // Past the frame, and an outer header that is not IPv4.
+        assert!(Tcp4Gso::parse_at(&f, f.len() + 1, 1000).is_err());
+        f[ETH_LEN] = 0x65;
+        assert_eq!(
+            Tcp4Gso::parse_at(&f, ip_at, 1000),
+            Err(GsoError::BadIpv4Header { byte: 0x65 })
+        );
+        // An outer IHL longer than the room before the inner header.
+        f[ETH_LEN] = 0x4f;
+        assert!(Tcp4Gso::parse_at(&f, ip_at, 1000).is_err());
+        // UDP outer too short for its header.
+        let (f, _) = encapsulated(&inner, true);
+        assert!(Tcp4Gso::parse_at(&f, ETH_LEN + 24, 1000).is_err());
+    }
+
+    #[test]
+    fn marking_leaves_the_pseudo_header_sum_and_the_size() {
+        let data = payload(4000);
+        let f = superframe(&data, &[], &[], TCP_PSH);
+        let mut p = Packet::with_capacity(crate::buf::LARGE_BUF_SIZE);
+        assert!(p.load(&f));
+        assert_eq!(mark_superframe(&mut p, 1448), Ok(3));
+        assert!(p.meta.is_superframe());
+        assert_eq!((p.meta.gso_size, p.meta.gso_ip), (1448, ETH_LEN as u8));
+        let tcp_len = (f.len() - 34) as u16;
+        let want = checksum::fold(u64::from(checksum::pseudo_header(
+            SRC.into(),
+            DST.into(),
+            PROTO_TCP,
+            tcp_len,
+        )));
+        assert_eq!(&p.data()[50..52], &want.to_be_bytes());
+        let g = Tcp4Gso::parse(p.data(), 1448).unwrap();
+        let h = superframe_vnet_hdr(p.data(), &g);
+        assert_eq!(
+            (
+                h.gso_type,
+                h.hdr_len,
+                h.gso_size,
+                h.csum_start,
+                h.csum_offset
+            ),
+            (VnetHdr::GSO_TCPV4, 54, 1448, 34, 16)
+        );
+        // Not TCP: refused, the packet not marked.
+        let mut q = Packet::with_capacity(2240);
+        let mut bad = f[..200].to_vec();
+        bad[14 + 9] = 17;
+        assert!(q.load(&bad));
+        assert!(mark_superframe(&mut q, 1448).is_err());
+        assert!(!q.meta.is_superframe());
     }
 
     #[test]

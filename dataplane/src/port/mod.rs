@@ -30,6 +30,13 @@ pub trait Port {
     /// device (queue full, interface down) and are the caller's to count.
     fn tx_burst(&mut self, pool: &mut Pool, batch: &mut Batch) -> io::Result<usize>;
 
+    /// Whether [`Port::tx_burst`] takes TCP superframes
+    /// ([`crate::buf::Meta::gso_size`]) and sends them whole or cuts them
+    /// itself. Default: no, and the worker cuts them into segments first.
+    fn takes_superframes(&self) -> bool {
+        false
+    }
+
     /// A file descriptor that becomes readable when frames wait, for sleeping in
     /// epoll when idle; `None` for ports that cannot wake a sleeper.
     fn rx_fd(&self) -> Option<RawFd> {

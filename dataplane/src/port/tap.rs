@@ -9,19 +9,20 @@
 //! With TCP segmentation offload (`TUN_F_TSO4`, asked for in
 //! [`TapOptions::offloads`]) the pod's TCP hands over superframes of up to 64 KiB
 //! in one `read(2)` instead of one MSS-sized frame each. The part that does not fit
-//! the pool buffer runs on into a scratch buffer of the port, and [`super::gso`]
-//! cuts the superframe into MSS-sized frames with valid checksums in ordinary pool
-//! buffers, which enter the pipeline together (a 64 KiB superframe is ~45 packets
-//! of one batch). When the batch or the pool runs out halfway, the rest of the
-//! superframe waits in the port and comes first on the next
-//! [`Port::rx_burst`](crate::port::Port::rx_burst): nothing is lost. A superframe
-//! that cannot be cut (bad headers, a GSO type other than TCPv4, segments longer
-//! than a buffer) is dropped whole and counted in [`TapStats`].
+//! the pool buffer runs on into a large buffer the port keeps ready
+//! ([`Pool::alloc_large`]); the first part is copied in front of it (one buffer's
+//! worth, not 64 KiB) and the superframe enters the pipeline whole, marked with
+//! its segment size ([`crate::buf::Meta::gso_size`]): it is routed, checked
+//! against policy and encapsulated once, and cut ([`super::gso`]) only by a port
+//! that cannot send it whole. A superframe with bad headers or a GSO type other
+//! than TCPv4 is dropped and counted in [`TapStats`].
 //!
-//! Writing, consecutive TCP segments of one flow are joined back into one
-//! superframe ([`super::gro`], on by default with the virtio-net header) and
-//! written with a GSO header in one gather `writev(2)`: the pod's stack takes
-//! one 64 KiB frame instead of ~45, as it would from a NIC with GRO.
+//! Writing, a superframe goes to the pod whole behind a GSO header (without the
+//! virtio-net header it is cut into segments first), and consecutive TCP
+//! segments of one flow are joined into one superframe ([`super::gro`], on by
+//! default with the virtio-net header) and written with a GSO header in one
+//! gather `writev(2)`: the pod's stack takes one 64 KiB frame instead of ~45, as
+//! it would from a NIC with GRO.
 //!
 //! The kernel interfaces themselves (ioctls, namespaces) are in [`crate::sys`].
 
@@ -31,9 +32,9 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use nix::errno::Errno;
 use nix::sys::uio::{readv, writev};
 
-use crate::buf::{Batch, Packet, Pool, SIZE_CLASSES};
+use crate::buf::{Batch, Packet, Pool};
 use crate::port::gro::{join_tcp, Tcp4Seg, MAX_RUN};
-use crate::port::gso::{GsoError, Tcp4Gso};
+use crate::port::gso::{self, mark_superframe, superframe_vnet_hdr, GsoError, Tcp4Gso};
 use crate::port::{Port, PortOffload};
 use crate::sys::netns::{in_netns, NetNs};
 pub use crate::sys::tun::Offloads;
@@ -119,48 +120,42 @@ pub enum TapError {
 /// they are counted here rather than as a [`crate::drop::DropReason`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TapStats {
-    /// Frames handed to the pipeline.
+    /// Frames handed to the pipeline (a superframe counts one).
     pub rx_frames: u64,
-    /// Frames longer than a pool buffer: read into scratch space and dropped.
+    /// Frames longer than a pool buffer that are not superframes: dropped.
     pub rx_oversize: u64,
     /// Frames whose virtio-net header was short or whose checksum offsets fell
     /// outside the frame: dropped.
     pub rx_bad_vnet: u64,
     /// Partial checksums completed in software (included in `rx_frames`).
     pub rx_csum_completed: u64,
-    /// GSO superframes received and cut into segments.
+    /// GSO superframes received (handed to the pipeline whole).
     pub rx_gso: u64,
-    /// Segments made from them (included in `rx_frames`).
+    /// Segments they stand for.
     pub rx_gso_segments: u64,
     /// Superframes dropped whole: headers that are not Ethernet/IPv4/TCP or are
-    /// malformed, or segments longer than a buffer (the reason is in
-    /// `rx_gso_last_error`).
+    /// malformed (the reason is in `rx_gso_last_error`).
     pub rx_gso_bad: u64,
     /// Superframes dropped whole because their GSO type is not TCPv4 (UDP, IPv6:
     /// never negotiated, so a kernel that sends them is misbehaving).
     pub rx_gso_unsupported: u64,
     /// Why the last superframe counted in `rx_gso_bad` was dropped.
     pub rx_gso_last_error: Option<GsoError>,
-    /// Frames the kernel took (segments joined into a superframe count one each).
+    /// Frames the kernel took (the segments of a superframe count one each).
     pub tx_frames: u64,
-    /// Superframes written: runs of two or more segments joined by GRO.
+    /// Superframes written: runs of two or more segments joined by GRO, and
+    /// superframes from the pipeline written whole.
     pub tx_gro: u64,
     /// Segments in them (included in `tx_frames`).
     pub tx_gro_segments: u64,
+    /// Superframes from the pipeline cut into segments here (no virtio-net
+    /// header to write them whole with).
+    pub tx_gso_cut: u64,
     /// Frames refused because the device queue was full or the link down.
     pub tx_refused: u64,
     /// Frames the kernel rejected as malformed.
     pub tx_errors: u64,
 }
-
-/// Room for the longest frame a TAP can deliver: a 64 KiB GSO superframe plus its
-/// Ethernet header, with some to spare.
-const SCRATCH_LEN: usize = 64 * 1024 + 1024;
-
-/// Scratch bytes in front of where a read runs on into it: a superframe's first
-/// part (in the pool buffer, at most this long for buffers up to the 9408-byte
-/// class) is copied there, so the whole superframe lies in one slice.
-const SCRATCH_PREFIX: usize = SIZE_CLASSES[2];
 
 const ZERO_VNET_HDR: [u8; VnetHdr::LEN] = [0; VnetHdr::LEN];
 
@@ -174,29 +169,18 @@ pub struct Tap {
     persist: bool,
     /// Join TCP segments on write ([`TapOptions::gro`] and a virtio-net header).
     gro: bool,
-    scratch: Box<[u8]>,
-    /// A superframe not yet fully cut into segments.
-    pending: Option<PendingGso>,
+    /// A large buffer the next read runs on into, so that a superframe lands
+    /// whole in one buffer. Taken from the pool at the first read.
+    spare: Option<Packet>,
+    /// Where a superframe is cut when it cannot be written whole (no virtio-net
+    /// header); allocated at the first such write.
+    seg_buf: Vec<u8>,
     stats: TapStats,
-}
-
-/// Where a superframe being segmented lies.
-enum GsoSource {
-    /// Whole in a pool buffer (it was short, or buffers are large).
-    Packet(Packet),
-    /// In `Tap::scratch[start..start + len]`.
-    Scratch { start: usize, len: usize },
-}
-
-struct PendingGso {
-    gso: Tcp4Gso,
-    next: usize,
-    src: GsoSource,
 }
 
 impl std::fmt::Debug for Tap {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Not the scratch buffer: 65 KiB of zeroes.
+        // Not the buffers: 65 KiB of zeroes each.
         f.debug_struct("Tap")
             .field("fd", &self.fd)
             .field("name", &self.name)
@@ -211,9 +195,8 @@ impl std::fmt::Debug for Tap {
 
 enum Rx {
     Frame,
-    /// A superframe to segment: in the packet read into (`None`) or in the
-    /// scratch buffer (`Some((start, len))`).
-    Gso(Tcp4Gso, Option<(usize, usize)>),
+    /// A superframe, whole in the spare buffer (now taken).
+    Superframe(Packet),
     Dropped,
     Empty,
 }
@@ -283,8 +266,8 @@ impl Tap {
             offloads: Offloads::NONE,
             persist: false,
             gro: opts.gro && opts.vnet_hdr,
-            scratch: vec![0u8; SCRATCH_PREFIX + SCRATCH_LEN].into_boxed_slice(),
-            pending: None,
+            spare: None,
+            seg_buf: Vec::new(),
             stats: TapStats::default(),
         };
         if opts.vnet_hdr {
@@ -359,24 +342,39 @@ impl Tap {
         tun::hw_addr(self.fd.as_fd())
     }
 
-    /// Reads one frame into `p`. A frame longer than `p` runs on into the scratch
-    /// buffer, where only a GSO superframe is kept (and joined with its first part).
-    fn read_frame(&mut self, p: &mut Packet) -> io::Result<Rx> {
+    /// Reads one frame into `p`. A frame longer than `p` runs on into the spare
+    /// large buffer, where only a GSO superframe is kept (joined with its first
+    /// part).
+    fn read_frame(&mut self, p: &mut Packet, pool: &mut Pool) -> io::Result<Rx> {
         let mut hdr = [0u8; VnetHdr::LEN];
         let hdr_len = if self.vnet_hdr { VnetHdr::LEN } else { 0 };
         let area = p.rx_area();
         let room = area.len();
-        let n = loop {
-            let mut iov = [
-                IoSliceMut::new(&mut hdr[..hdr_len]),
-                IoSliceMut::new(area),
-                IoSliceMut::new(&mut self.scratch[SCRATCH_PREFIX..]),
-            ];
-            match readv(&self.fd, &mut iov) {
-                Ok(n) => break n,
-                Err(Errno::EINTR) => continue,
-                Err(Errno::EAGAIN) => return Ok(Rx::Empty),
-                Err(e) => return Err(e.into()),
+        // Only with superframes possible does a read need room past one buffer.
+        let spare = if self.offloads.tso4 {
+            Some(self.spare.get_or_insert_with(|| pool.alloc_large()))
+        } else {
+            None
+        };
+        let mut overflow = [0u8; 1];
+        let n = {
+            let tail: &mut [u8] = match spare {
+                Some(s) => s.rx_area().get_mut(room..).unwrap_or_default(),
+                // One byte past the buffer tells an oversized frame from one that fits.
+                None => &mut overflow,
+            };
+            loop {
+                let mut iov = [
+                    IoSliceMut::new(&mut hdr[..hdr_len]),
+                    IoSliceMut::new(&mut *area),
+                    IoSliceMut::new(&mut *tail),
+                ];
+                match readv(&self.fd, &mut iov) {
+                    Ok(n) => break n,
+                    Err(Errno::EINTR) => continue,
+                    Err(Errno::EAGAIN) => return Ok(Rx::Empty),
+                    Err(e) => return Err(e.into()),
+                }
             }
         };
         if n < hdr_len {
@@ -410,92 +408,48 @@ impl Tap {
     }
 
     /// Checks a superframe of `len` bytes just read into `p` (`room` bytes) and
-    /// on into the scratch buffer, and says where it lies. Its checksum stays
-    /// partial: segmentation computes each segment's in full.
+    /// on into the spare buffer, and marks it for the pipeline: `Frame` if it
+    /// was short enough for `p`, else the spare buffer holding it whole. Its TCP
+    /// checksum is left partial (the pseudo-header sum).
     fn take_superframe(&mut self, p: &mut Packet, h: &VnetHdr, len: usize, room: usize) -> Rx {
         self.stats.rx_gso += 1;
         if h.gso_type & !VnetHdr::GSO_ECN != VnetHdr::GSO_TCPV4 {
             self.stats.rx_gso_unsupported += 1;
             return Rx::Dropped;
         }
-        let at = if len <= room {
+        let whole = if len <= room {
             p.set_received(len);
-            None
-        } else if room <= SCRATCH_PREFIX && len - room <= SCRATCH_LEN {
-            // Join the first part to the rest: a copy of one buffer, not of 64 KiB.
-            let start = SCRATCH_PREFIX - room;
-            self.scratch[start..SCRATCH_PREFIX].copy_from_slice(p.rx_area());
-            Some((start, len))
+            p
         } else {
-            // Longer than this port can hold: only with buffers over 9 KiB and a
-            // superframe longer than them, which TAP never delivers.
-            self.stats.rx_oversize += 1;
-            return Rx::Dropped;
-        };
-        let frame = match at {
-            None => p.data(),
-            Some((start, len)) => &self.scratch[start..start + len],
-        };
-        let checked = Tcp4Gso::parse(frame, h.gso_size).and_then(|g| {
-            let (need, room) = (g.max_segment_len(), p.capacity());
-            if need > room {
-                return Err(GsoError::SegmentTooLong { len: need, room });
+            match self.spare.as_mut() {
+                Some(s) if len <= s.capacity() => {
+                    let (front, _) = s.rx_area().split_at_mut(room);
+                    front.copy_from_slice(&p.rx_area()[..room]);
+                    s.set_received(len);
+                    s
+                }
+                _ => {
+                    self.stats.rx_oversize += 1;
+                    return Rx::Dropped;
+                }
             }
-            Ok(g)
-        });
-        match checked {
-            Ok(g) => Rx::Gso(g, at),
+        };
+        match mark_superframe(whole, h.gso_size) {
+            Ok(count) => {
+                self.stats.rx_gso_segments += count as u64;
+                self.stats.rx_frames += 1;
+            }
             Err(e) => {
                 self.stats.rx_gso_bad += 1;
                 self.stats.rx_gso_last_error = Some(e);
-                Rx::Dropped
+                return Rx::Dropped;
             }
         }
-    }
-
-    /// Cuts segments off the pending superframe into `batch` until it is done,
-    /// `limit` packets were added, the batch is full or the pool is empty; then
-    /// the rest waits for the next call. Returns how many were added.
-    fn segment_pending(&mut self, pool: &mut Pool, batch: &mut Batch, limit: usize) -> usize {
-        let Some(pend) = self.pending.as_mut() else {
-            return 0;
-        };
-        let frame = match &pend.src {
-            GsoSource::Packet(p) => p.data(),
-            GsoSource::Scratch { start, len } => &self.scratch[*start..*start + *len],
-        };
-        let mut got = 0;
-        while pend.next < pend.gso.count() && got < limit && !batch.is_full() {
-            let Some(mut p) = pool.alloc() else { break };
-            match pend.gso.write_segment(frame, pend.next, p.rx_area()) {
-                Ok(n) => {
-                    p.set_received(n);
-                    batch.push(p);
-                    got += 1;
-                    pend.next += 1;
-                }
-                Err(e) => {
-                    // Checked when the superframe arrived, so only a pool holding
-                    // buffers of another size gets here. The rest is dropped, counted.
-                    pool.free(p);
-                    self.stats.rx_gso_bad += 1;
-                    self.stats.rx_gso_last_error = Some(e);
-                    pend.next = pend.gso.count();
-                }
-            }
+        if len <= room {
+            Rx::Frame
+        } else {
+            Rx::Superframe(self.spare.take().expect("spare holds it"))
         }
-        self.stats.rx_frames += got as u64;
-        self.stats.rx_gso_segments += got as u64;
-        if pend.next >= pend.gso.count() {
-            if let Some(PendingGso {
-                src: GsoSource::Packet(p),
-                ..
-            }) = self.pending.take()
-            {
-                pool.free(p);
-            }
-        }
-        got
     }
 
     /// Writes one frame, behind a zeroed virtio-net header if the device wants one:
@@ -524,6 +478,101 @@ impl Tap {
 }
 
 impl Tap {
+    /// Writes a superframe from the pipeline: whole behind a GSO header, or, on a
+    /// device without the virtio-net header, cut into segments written one by
+    /// one. Counted in the stats here (segments, or `tx_errors` for one that
+    /// cannot be cut); an `Err` is the device refusing (queue full, gone).
+    fn write_superframe(&mut self, p: &mut Packet) -> Result<(), Errno> {
+        let ip_at = usize::from(p.meta.gso_ip);
+        let g = match Tcp4Gso::parse_at(p.data(), ip_at, p.meta.gso_size) {
+            Ok(g) => g,
+            Err(_) => {
+                self.stats.tx_errors += 1;
+                return Ok(());
+            }
+        };
+        let count = g.count() as u64;
+        if self.vnet_hdr && ip_at == gso::ETH_LEN {
+            let h = superframe_vnet_hdr(p.data(), &g);
+            let r = match p.prepend(VnetHdr::LEN) {
+                Some(b) => {
+                    h.emit(b.try_into().expect("12 bytes"));
+                    let r = loop {
+                        match nix::unistd::write(&self.fd, p.data()) {
+                            Err(Errno::EINTR) => continue,
+                            r => break r,
+                        }
+                    };
+                    p.strip(VnetHdr::LEN);
+                    r
+                }
+                None => {
+                    let mut b = [0u8; VnetHdr::LEN];
+                    h.emit(&mut b);
+                    loop {
+                        match writev(&self.fd, &[IoSlice::new(&b), IoSlice::new(p.data())]) {
+                            Err(Errno::EINTR) => continue,
+                            r => break r,
+                        }
+                    }
+                }
+            };
+            return match r {
+                Ok(_) => {
+                    self.stats.tx_frames += count;
+                    self.stats.tx_gro += 1;
+                    self.stats.tx_gro_segments += count;
+                    Ok(())
+                }
+                Err(
+                    e @ (Errno::EAGAIN | Errno::EIO | Errno::EBADF | Errno::EBADFD | Errno::ENODEV),
+                ) => Err(e),
+                Err(_) => {
+                    self.stats.tx_errors += 1;
+                    Ok(())
+                }
+            };
+        }
+        // Cut it: each segment into the segment buffer, one write each.
+        self.stats.tx_gso_cut += 1;
+        if self.seg_buf.len() < g.max_segment_len() + VnetHdr::LEN {
+            self.seg_buf.resize(g.max_segment_len() + VnetHdr::LEN, 0);
+        }
+        let hdr = if self.vnet_hdr { VnetHdr::LEN } else { 0 };
+        for i in 0..g.count() {
+            // A zeroed virtio-net header: the segment's checksums are complete.
+            self.seg_buf[..hdr].fill(0);
+            let n = match g.write_segment(p.data(), i, &mut self.seg_buf[hdr..]) {
+                Ok(n) => n,
+                Err(_) => {
+                    self.stats.tx_errors += 1;
+                    return Ok(());
+                }
+            };
+            loop {
+                match nix::unistd::write(&self.fd, &self.seg_buf[..hdr + n]) {
+                    Err(Errno::EINTR) => continue,
+                    Ok(_) => {
+                        self.stats.tx_frames += 1;
+                        break;
+                    }
+                    Err(
+                        e @ (Errno::EAGAIN
+                        | Errno::EIO
+                        | Errno::EBADF
+                        | Errno::EBADFD
+                        | Errno::ENODEV),
+                    ) => return Err(e),
+                    Err(_) => {
+                        self.stats.tx_errors += 1;
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Writes a run of segments joined into one superframe: the virtio-net
     /// header, the first segment whole (its headers already rewritten by
     /// [`Tcp4Run::finish`]), then the payload of each other segment, in one
@@ -586,28 +635,26 @@ impl Port for Tap {
     }
 
     fn rx_burst(&mut self, pool: &mut Pool, batch: &mut Batch, max: usize) -> io::Result<usize> {
-        // The rest of a superframe from the last call goes first, in order.
-        let mut got = self.segment_pending(pool, batch, max);
-        while self.pending.is_none() && got < max && !batch.is_full() {
+        let mut got = 0;
+        // One buffer reused until a frame lands in it: reads that come back
+        // empty or dropped cost no trip to the pool.
+        let mut next: Option<Packet> = None;
+        while got < max && !batch.is_full() {
             // Pool empty: the frames wait in the device queue until buffers return.
-            let Some(mut p) = pool.alloc() else { break };
-            match self.read_frame(&mut p) {
+            let Some(mut p) = next.take().or_else(|| pool.alloc()) else {
+                break;
+            };
+            match self.read_frame(&mut p, pool) {
                 Ok(Rx::Frame) => {
                     batch.push(p);
                     got += 1;
                 }
-                Ok(Rx::Gso(gso, at)) => {
-                    let src = match at {
-                        None => GsoSource::Packet(p),
-                        Some((start, len)) => {
-                            pool.free(p);
-                            GsoSource::Scratch { start, len }
-                        }
-                    };
-                    self.pending = Some(PendingGso { gso, next: 0, src });
-                    got += self.segment_pending(pool, batch, max - got);
+                Ok(Rx::Superframe(sf)) => {
+                    batch.push(sf);
+                    got += 1;
+                    next = Some(p);
                 }
-                Ok(Rx::Dropped) => pool.free(p),
+                Ok(Rx::Dropped) => next = Some(p),
                 Ok(Rx::Empty) => {
                     pool.free(p);
                     break;
@@ -621,6 +668,9 @@ impl Port for Tap {
                     return Err(e);
                 }
             }
+        }
+        if let Some(p) = next {
+            pool.free(p);
         }
         Ok(got)
     }
@@ -638,10 +688,31 @@ impl Port for Tap {
                 self.stats.tx_refused += (pkts.len() - i) as u64;
                 break;
             }
+            if pkts[i].meta.is_superframe() {
+                parsed = None;
+                let r = self.write_superframe(&mut pkts[i]);
+                i += 1;
+                match r {
+                    Ok(()) => sent += 1,
+                    Err(e) => {
+                        self.stats.tx_refused += 1;
+                        if matches!(e, Errno::EBADF | Errno::EBADFD | Errno::ENODEV) {
+                            fatal = Some(e);
+                        }
+                        refusing = matches!(
+                            e,
+                            Errno::EAGAIN
+                                | Errno::EIO
+                                | Errno::EBADF
+                                | Errno::EBADFD
+                                | Errno::ENODEV
+                        );
+                    }
+                }
+                continue;
+            }
             let (n, r) = if self.gro {
-                let first = parsed
-                    .take()
-                    .unwrap_or_else(|| Tcp4Seg::parse(pkts[i].data()));
+                let first = parsed.take().unwrap_or_else(|| Tcp4Seg::of(&pkts[i]));
                 match first.map(|s| join_tcp(&mut pkts[i..], s)) {
                     Some((run, after)) if run.count > 1 => {
                         parsed = after;
@@ -702,6 +773,10 @@ impl Port for Tap {
 
     fn rx_fd(&self) -> Option<RawFd> {
         Some(self.fd.as_raw_fd())
+    }
+
+    fn takes_superframes(&self) -> bool {
+        true
     }
 
     fn offload_stats(&self) -> PortOffload {

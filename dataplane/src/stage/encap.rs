@@ -199,6 +199,9 @@ impl<'t> Output<'t> {
         }
         *ident = id;
         p.meta.l3 = 0;
+        // A superframe's lengths above are a segment's business: the port that
+        // cuts it or sends it whole writes each segment's own.
+        p.meta.gso_ip = p.meta.gso_ip.wrapping_add((p.len() - inner_len) as u8);
         c.vxlan_encap += 1;
         goto(p, Next::Tx)
     }
@@ -247,6 +250,7 @@ impl<'t> Output<'t> {
         }
         *ident = id;
         p.meta.l3 = 0;
+        p.meta.gso_ip = p.meta.gso_ip.wrapping_add(IP as u8);
         c.ipip_encap += 1;
         goto(p, Next::Tx)
     }

@@ -616,6 +616,10 @@ pub fn start(pkts: &mut [Packet], port: PortId) -> u32 {
             next: first as u8,
             src_ep: Meta::NO_EP,
             dst_ep: Meta::NO_EP,
+            // Set by the port that received it.
+            flags: p.meta.flags & Meta::FLAG_L4_CSUM_OK,
+            gso_size: p.meta.gso_size,
+            gso_ip: p.meta.gso_ip,
             ..Meta::default()
         };
     }

@@ -223,10 +223,28 @@ impl Router {
     }
 }
 
-/// Whether the IPv4 packet fits the path MTU.
+/// Whether the IPv4 packet fits the path MTU: for a superframe, whether each
+/// of its full-sized segments does.
 #[inline(always)]
 fn fits(p: &Packet, mtu: u16) -> bool {
+    if p.meta.is_superframe() {
+        return segment_fits(p, mtu);
+    }
     p.len().saturating_sub(usize::from(p.meta.l3)) <= usize::from(mtu)
+}
+
+#[inline(never)]
+fn segment_fits(p: &Packet, mtu: u16) -> bool {
+    let l3 = usize::from(p.meta.l3);
+    let d = p.data();
+    let Some(&vihl) = d.get(l3) else {
+        return false;
+    };
+    let ihl = usize::from(vihl & 0x0f) * 4;
+    let Some(&off) = d.get(l3 + ihl + 12) else {
+        return false;
+    };
+    ihl + usize::from(off >> 4) * 4 + usize::from(p.meta.gso_size) <= usize::from(mtu)
 }
 
 #[inline]
