@@ -22,7 +22,9 @@ pub trait Port {
     fn name(&self) -> &str;
 
     /// Receives up to `max` frames into packets taken from `pool`, appended to
-    /// `batch`. Returns how many arrived; 0 when none are waiting (never blocks).
+    /// `batch`. Returns how many arrived, a superframe counting as the segments
+    /// it carries (so a burst is about the same work whatever the frames); 0
+    /// when none are waiting (never blocks).
     fn rx_burst(&mut self, pool: &mut Pool, batch: &mut Batch, max: usize) -> io::Result<usize>;
 
     /// Sends every packet of `batch`, which is left empty: packets go back to `pool`

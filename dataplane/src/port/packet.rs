@@ -676,8 +676,13 @@ impl PacketSocket {
             let Some(p) = off.overflow.pop_front() else {
                 break;
             };
+            // About the segments a superframe carries, as when it arrived.
+            got += if p.meta.is_superframe() {
+                (p.len() / usize::from(p.meta.gso_size)).max(1)
+            } else {
+                1
+            };
             batch.push(p);
-            got += 1;
         }
         if !off.overflow.is_empty() || got >= max || batch.is_full() {
             return Ok(got);
@@ -804,9 +809,10 @@ impl PacketSocket {
                         } else {
                             p
                         };
+                        // Counted by its segments, as the TAP counts them.
                         if got < max && !batch.is_full() {
                             batch.push(q);
-                            got += 1;
+                            got += k;
                         } else {
                             overflow.push_back(q);
                         }

@@ -195,8 +195,9 @@ impl std::fmt::Debug for Tap {
 
 enum Rx {
     Frame,
-    /// A superframe, whole in the spare buffer (now taken).
-    Superframe(Packet),
+    /// A superframe, whole in the spare buffer (now taken), and how many
+    /// segments it carries.
+    Superframe(Packet, usize),
     Dropped,
     Empty,
 }
@@ -434,21 +435,20 @@ impl Tap {
                 }
             }
         };
-        match mark_superframe(whole, h.gso_size) {
-            Ok(count) => {
-                self.stats.rx_gso_segments += count as u64;
-                self.stats.rx_frames += 1;
-            }
+        let count = match mark_superframe(whole, h.gso_size) {
+            Ok(count) => count,
             Err(e) => {
                 self.stats.rx_gso_bad += 1;
                 self.stats.rx_gso_last_error = Some(e);
                 return Rx::Dropped;
             }
-        }
+        };
+        self.stats.rx_gso_segments += count as u64;
+        self.stats.rx_frames += 1;
         if len <= room {
             Rx::Frame
         } else {
-            Rx::Superframe(self.spare.take().expect("spare holds it"))
+            Rx::Superframe(self.spare.take().expect("spare holds it"), count)
         }
     }
 
@@ -649,9 +649,11 @@ impl Port for Tap {
                     batch.push(p);
                     got += 1;
                 }
-                Ok(Rx::Superframe(sf)) => {
+                Ok(Rx::Superframe(sf, segments)) => {
                     batch.push(sf);
-                    got += 1;
+                    // Counted by its segments: a burst is about as much work
+                    // (and as many frames for a port that cuts it) as before.
+                    got += segments;
                     next = Some(p);
                 }
                 Ok(Rx::Dropped) => next = Some(p),
