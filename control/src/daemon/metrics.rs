@@ -261,27 +261,27 @@ const POD_COUNTERS: [PortField; 12] = [
     ),
     (
         "pod_tx_gso_superframes",
-        "TCP superframes (TSO) the pod sent, cut into segments by Sluice",
+        "TCP superframes (TSO) the pod sent",
         |s| s.offload.rx_gso_superframes,
     ),
     (
         "pod_tx_gso_segments",
-        "Segments cut from the pod's TCP superframes",
+        "Segments the pod's TCP superframes carry",
         |s| s.offload.rx_gso_segments,
     ),
     (
         "pod_rx_gro_superframes",
-        "TCP superframes Sluice delivered to the pod, each joined from a run of segments (GRO)",
+        "TCP superframes Sluice delivered to the pod: passed on whole, or joined from a run of segments (GRO)",
         |s| s.offload.tx_gro_superframes,
     ),
     (
         "pod_rx_gro_segments",
-        "Segments joined into superframes delivered to the pod",
+        "Segments in the superframes delivered to the pod",
         |s| s.offload.tx_gro_segments,
     ),
     (
         "pod_tx_dropped",
-        "Frames from the pod dropped before forwarding: longer than a buffer, a bad offload header, or a superframe that could not be cut",
+        "Frames from the pod dropped before forwarding: longer than a buffer, a bad offload header, or a malformed superframe",
         |s| s.offload.rx_dropped,
     ),
 ];
@@ -318,22 +318,22 @@ const PORT_COUNTERS: [PortField; 12] = [
     }),
     (
         "port_rx_gso_superframes",
-        "Superframes received on a node port and cut into segments",
+        "Superframes received on a node port",
         |s| s.offload.rx_gso_superframes,
     ),
     (
         "port_rx_gso_segments",
-        "Segments cut from superframes received on a node port",
+        "Segments in the superframes received on a node port",
         |s| s.offload.rx_gso_segments,
     ),
     (
         "port_tx_gro_superframes",
-        "Superframes sent on a node port, each joined from a run of segments",
+        "Superframes sent on a node port: passed on whole, or joined from a run of segments",
         |s| s.offload.tx_gro_superframes,
     ),
     (
         "port_tx_gro_segments",
-        "Segments joined into superframes sent on a node port",
+        "Segments in the superframes sent on a node port",
         |s| s.offload.tx_gro_segments,
     ),
     (

@@ -62,13 +62,15 @@ pub trait Port {
 /// it dropped before the pipeline saw them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PortOffload {
-    /// Superframes received and cut into segments (GSO).
+    /// Superframes received (GSO): handed to the pipeline whole, or cut into
+    /// segments where they cannot travel whole (VXLAN's UDP superframes).
     pub rx_gso_superframes: u64,
-    /// Segments made from them.
+    /// Segments they carry.
     pub rx_gso_segments: u64,
-    /// Superframes sent, each joined from a run of segments (GRO).
+    /// Superframes sent: joined from a run of segments (GRO), or received
+    /// whole and sent on whole.
     pub tx_gro_superframes: u64,
-    /// Segments joined into them.
+    /// Segments in them.
     pub tx_gro_segments: u64,
     /// Frames dropped on receive: longer than a buffer, a bad virtio-net header,
     /// or a superframe that could not be cut.
