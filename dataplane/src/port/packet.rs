@@ -892,11 +892,11 @@ impl PacketSocket {
                 from: 0,
                 to: pkts[i].len(),
             });
-            for k in i + 1..i + run.count {
+            for (k, p) in pkts.iter().enumerate().take(i + run.count).skip(i + 1) {
                 self.tx_pieces.push(Piece::Pkt {
                     pkt: k,
                     from: run.payload_at,
-                    to: pkts[k].len(),
+                    to: p.len(),
                 });
             }
             self.tx_msgs.push(TxMsg {
