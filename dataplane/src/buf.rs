@@ -174,11 +174,39 @@ impl Packet {
         class!(448);
         class!(2240);
         class!(9408);
-        class!(65728);
+        if size <= LARGE_BUF_SIZE {
+            return Packet(zeroed_buf::<LARGE_BUF_SIZE>());
+        }
         panic!(
             "buffer size {size} is over the largest class {}",
             SIZE_CLASSES[3]
         );
+    }
+}
+
+/// A buffer of `N` data bytes from zeroed memory: the allocator hands fresh
+/// pages over untouched, so a large buffer costs no resident memory until a
+/// frame is written into it (built on the stack and moved, as the smaller
+/// classes are, it would cost all 64 KiB at once). The crate's only unsafe
+/// code outside `sys`: no safe constructor skips the initialising write.
+#[allow(unsafe_code)]
+fn zeroed_buf<const N: usize>() -> Box<Buf> {
+    let layout = std::alloc::Layout::new::<Buf<[u8; N]>>();
+    // SAFETY: the layout is that of `Buf<[u8; N]>` (not zero-sized). Every
+    // field is initialised before the box is made: `data` by the zeroing (any
+    // bytes are valid `u8`s), the others by the writes through raw pointers
+    // (no reference to uninitialised memory is formed). The box then owns the
+    // allocation, made with the global allocator and this layout, as
+    // `Box::from_raw` requires.
+    unsafe {
+        let ptr = std::alloc::alloc_zeroed(layout).cast::<Buf<[u8; N]>>();
+        if ptr.is_null() {
+            std::alloc::handle_alloc_error(layout);
+        }
+        std::ptr::addr_of_mut!((*ptr).head).write(HEADROOM as u32);
+        std::ptr::addr_of_mut!((*ptr).len).write(0);
+        std::ptr::addr_of_mut!((*ptr).meta).write(Meta::default());
+        Box::from_raw(ptr)
     }
 }
 
@@ -549,6 +577,28 @@ impl Batch {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn large_buffers_start_clean_and_come_back() {
+        let mut pool = Pool::new(4, DEFAULT_BUF_SIZE);
+        let mut p = pool.alloc_large();
+        assert_eq!(pool.large_made(), 1);
+        assert_eq!(
+            (p.headroom(), p.len(), p.buf_size()),
+            (HEADROOM, 0, LARGE_BUF_SIZE)
+        );
+        assert!(!p.meta.is_superframe() && p.meta.flags == 0);
+        assert!(p.rx_area().iter().all(|b| *b == 0));
+        assert!(p.load(&[7u8; 60_000]));
+        p.set_superframe(1448, 14);
+        pool.free(p);
+        // Kept, and handed out again clean.
+        let q = pool.alloc_large();
+        assert_eq!(pool.large_made(), 1);
+        assert!(q.is_empty() && !q.meta.is_superframe());
+        assert_eq!(pool.available(), 4, "the small buffers are untouched");
+    }
+
     use super::*;
 
     #[test]

@@ -169,9 +169,6 @@ pub struct Tap {
     persist: bool,
     /// Join TCP segments on write ([`TapOptions::gro`] and a virtio-net header).
     gro: bool,
-    /// A large buffer the next read runs on into, so that a superframe lands
-    /// whole in one buffer. Taken from the pool at the first read.
-    spare: Option<Packet>,
     /// Where a superframe is cut when it cannot be written whole (no virtio-net
     /// header); allocated at the first such write.
     seg_buf: Vec<u8>,
@@ -195,9 +192,11 @@ impl std::fmt::Debug for Tap {
 
 enum Rx {
     Frame,
-    /// A superframe, whole in the spare buffer (now taken), and how many
+    /// A superframe, whole in the lent large buffer (now taken), and how many
     /// segments it carries.
     Superframe(Packet, usize),
+    /// From [`Tap::read_into`]: a superframe whole in the lent buffer.
+    InSpare(usize),
     Dropped,
     Empty,
 }
@@ -267,7 +266,6 @@ impl Tap {
             offloads: Offloads::NONE,
             persist: false,
             gro: opts.gro && opts.vnet_hdr,
-            spare: None,
             seg_buf: Vec::new(),
             stats: TapStats::default(),
         };
@@ -343,23 +341,34 @@ impl Tap {
         tun::hw_addr(self.fd.as_fd())
     }
 
-    /// Reads one frame into `p`. A frame longer than `p` runs on into the spare
-    /// large buffer, where only a GSO superframe is kept (joined with its first
-    /// part).
+    /// Reads one frame into `p`. With TSO on, a frame longer than `p` runs on
+    /// into a large buffer lent by the pool for the read, where only a GSO
+    /// superframe is kept (joined with its first part); otherwise the buffer
+    /// goes straight back. Lent per read, not held per port: a node's many
+    /// TAPs share the few large buffers its workers cycle.
     fn read_frame(&mut self, p: &mut Packet, pool: &mut Pool) -> io::Result<Rx> {
+        let mut spare = self.offloads.tso4.then(|| pool.alloc_large());
+        let r = self.read_into(p, spare.as_mut());
+        match (r, spare) {
+            (Ok(Rx::InSpare(n)), Some(s)) => Ok(Rx::Superframe(s, n)),
+            (r, s) => {
+                if let Some(s) = s {
+                    pool.free(s);
+                }
+                r
+            }
+        }
+    }
+
+    fn read_into(&mut self, p: &mut Packet, mut spare: Option<&mut Packet>) -> io::Result<Rx> {
         let mut hdr = [0u8; VnetHdr::LEN];
         let hdr_len = if self.vnet_hdr { VnetHdr::LEN } else { 0 };
         let area = p.rx_area();
         let room = area.len();
-        // Only with superframes possible does a read need room past one buffer.
-        let spare = if self.offloads.tso4 {
-            Some(self.spare.get_or_insert_with(|| pool.alloc_large()))
-        } else {
-            None
-        };
         let mut overflow = [0u8; 1];
         let n = {
-            let tail: &mut [u8] = match spare {
+            // Only with superframes possible does a read need room past one buffer.
+            let tail: &mut [u8] = match spare.as_deref_mut() {
                 Some(s) => s.rx_area().get_mut(room..).unwrap_or_default(),
                 // One byte past the buffer tells an oversized frame from one that fits.
                 None => &mut overflow,
@@ -389,7 +398,7 @@ impl Tap {
             VnetHdr::default()
         };
         if h.is_gso() {
-            return Ok(self.take_superframe(p, &h, len, room));
+            return Ok(self.take_superframe(p, spare, &h, len, room));
         }
         if len > room {
             self.stats.rx_oversize += 1;
@@ -412,7 +421,14 @@ impl Tap {
     /// on into the spare buffer, and marks it for the pipeline: `Frame` if it
     /// was short enough for `p`, else the spare buffer holding it whole. Its TCP
     /// checksum is left partial (the pseudo-header sum).
-    fn take_superframe(&mut self, p: &mut Packet, h: &VnetHdr, len: usize, room: usize) -> Rx {
+    fn take_superframe(
+        &mut self,
+        p: &mut Packet,
+        spare: Option<&mut Packet>,
+        h: &VnetHdr,
+        len: usize,
+        room: usize,
+    ) -> Rx {
         self.stats.rx_gso += 1;
         if h.gso_type & !VnetHdr::GSO_ECN != VnetHdr::GSO_TCPV4 {
             self.stats.rx_gso_unsupported += 1;
@@ -422,7 +438,7 @@ impl Tap {
             p.set_received(len);
             p
         } else {
-            match self.spare.as_mut() {
+            match spare {
                 Some(s) if len <= s.capacity() => {
                     let (front, _) = s.rx_area().split_at_mut(room);
                     front.copy_from_slice(&p.rx_area()[..room]);
@@ -448,7 +464,7 @@ impl Tap {
         if len <= room {
             Rx::Frame
         } else {
-            Rx::Superframe(self.spare.take().expect("spare holds it"), count)
+            Rx::InSpare(count)
         }
     }
 
@@ -656,7 +672,7 @@ impl Port for Tap {
                     got += segments;
                     next = Some(p);
                 }
-                Ok(Rx::Dropped) => next = Some(p),
+                Ok(Rx::Dropped | Rx::InSpare(_)) => next = Some(p),
                 Ok(Rx::Empty) => {
                     pool.free(p);
                     break;
