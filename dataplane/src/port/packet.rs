@@ -973,6 +973,25 @@ impl PacketSocket {
         }
     }
 
+    /// Adds one segment to the message being planned: its headers (`hdr` in
+    /// `tx_scratch`), then its payload (`body` of packet `pkt`), gathered.
+    fn push_segment(
+        &mut self,
+        pkt: usize,
+        hdr: std::ops::Range<usize>,
+        body: std::ops::Range<usize>,
+    ) {
+        self.tx_pieces.push(Piece::Scratch {
+            from: hdr.start,
+            to: hdr.end,
+        });
+        self.tx_pieces.push(Piece::Pkt {
+            pkt,
+            from: body.start,
+            to: body.end,
+        });
+    }
+
     /// Plans the messages that send superframe `p` (packet `idx` of the batch):
     /// - native (no outer headers), with the virtio-net header: whole, as one
     ///   TCP superframe (`GSO_TCPV4`) for the kernel or the NIC to cut;
@@ -1050,16 +1069,11 @@ impl PacketSocket {
                 self.tx_hdrs.push(vnet_bytes(&h));
                 for i in a..b {
                     let skip = if i == a { 0 } else { UDP_PAYLOAD_AT };
-                    self.tx_pieces.push(Piece::Scratch {
-                        from: seg_hdr(i) + skip,
-                        to: seg_hdr(i) + hdrs,
-                    });
-                    let body = g.payload_range(i);
-                    self.tx_pieces.push(Piece::Pkt {
-                        pkt: idx,
-                        from: body.start,
-                        to: body.end,
-                    });
+                    self.push_segment(
+                        idx,
+                        seg_hdr(i) + skip..seg_hdr(i) + hdrs,
+                        g.payload_range(i),
+                    );
                 }
                 self.tx_msgs.push(TxMsg {
                     first,
@@ -1077,16 +1091,7 @@ impl PacketSocket {
                 self.tx_pieces.push(Piece::Vnet(self.tx_hdrs.len()));
                 self.tx_hdrs.push([0; VNET_HDR_LEN]);
             }
-            self.tx_pieces.push(Piece::Scratch {
-                from: seg_hdr(i),
-                to: seg_hdr(i) + hdrs,
-            });
-            let body = g.payload_range(i);
-            self.tx_pieces.push(Piece::Pkt {
-                pkt: idx,
-                from: body.start,
-                to: body.end,
-            });
+            self.push_segment(idx, seg_hdr(i)..seg_hdr(i) + hdrs, g.payload_range(i));
             self.tx_msgs.push(TxMsg {
                 first,
                 end: self.tx_pieces.len(),
