@@ -26,6 +26,7 @@
 //! the other payloads, in one gather write.
 
 use crate::buf::{Meta, Packet};
+use crate::port::gso::set_ipv4_len_id;
 use crate::sys::tun::VnetHdr;
 use crate::wire::checksum;
 
@@ -401,13 +402,8 @@ impl Udp4Split {
         out[at..at + len].copy_from_slice(&frame[start..start + len]);
         let ip_at = ETH_LEN;
         let ihl = at - 8 - ETH_LEN;
-        let total = (ihl + 8 + len) as u16;
-        out[ip_at + 2..ip_at + 4].copy_from_slice(&total.to_be_bytes());
         let id = u16::from_be_bytes([frame[ip_at + 4], frame[ip_at + 5]]).wrapping_add(i as u16);
-        out[ip_at + 4..ip_at + 6].copy_from_slice(&id.to_be_bytes());
-        out[ip_at + 10..ip_at + 12].fill(0);
-        let c = checksum::checksum(&out[ip_at..ip_at + ihl]);
-        out[ip_at + 10..ip_at + 12].copy_from_slice(&c.to_be_bytes());
+        set_ipv4_len_id(&mut out[ip_at..ip_at + ihl], (ihl + 8 + len) as u16, id);
         let udp = ip_at + ihl;
         out[udp + 4..udp + 6].copy_from_slice(&((8 + len) as u16).to_be_bytes());
         out[udp + 6..udp + 8].fill(0);

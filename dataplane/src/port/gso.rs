@@ -310,14 +310,8 @@ impl Tcp4Gso {
         let ip_at = self.ip_at;
         let tcp_at = ip_at + self.ip_hdr_len;
         let len = head.len() + body.len();
-        // IPv4: length, ID, header checksum.
-        let ip_total = (len - ip_at) as u16;
-        head[ip_at + 2..ip_at + 4].copy_from_slice(&ip_total.to_be_bytes());
         let id = self.ip_id.wrapping_add(index as u16);
-        head[ip_at + 4..ip_at + 6].copy_from_slice(&id.to_be_bytes());
-        head[ip_at + 10..ip_at + 12].fill(0);
-        let ip_csum = checksum::checksum(&head[ip_at..tcp_at]);
-        head[ip_at + 10..ip_at + 12].copy_from_slice(&ip_csum.to_be_bytes());
+        set_ipv4_len_id(&mut head[ip_at..tcp_at], (len - ip_at) as u16, id);
 
         // TCP: sequence number, flags, checksum.
         let seq = self
@@ -348,13 +342,8 @@ impl Tcp4Gso {
             // Outer IPv4 (and UDP): this segment's lengths, the next ID.
             let o = ETH_LEN;
             let ihl = usize::from(head[o] & 0x0f) * 4;
-            let total = (len - o) as u16;
-            head[o + 2..o + 4].copy_from_slice(&total.to_be_bytes());
             let oid = u16::from_be_bytes([head[o + 4], head[o + 5]]).wrapping_add(index as u16);
-            head[o + 4..o + 6].copy_from_slice(&oid.to_be_bytes());
-            head[o + 10..o + 12].fill(0);
-            let csum = checksum::checksum(&head[o..o + ihl]);
-            head[o + 10..o + 12].copy_from_slice(&csum.to_be_bytes());
+            set_ipv4_len_id(&mut head[o..o + ihl], (len - o) as u16, oid);
             if head[o + 9] == PROTO_UDP {
                 let u = o + ihl;
                 let ulen = (len - u) as u16;
@@ -364,6 +353,17 @@ impl Tcp4Gso {
             }
         }
     }
+}
+
+/// Gives the IPv4 header `ip` (options included) a piece's total length and
+/// ID and recomputes its checksum: what every segment or datagram cut from a
+/// superframe needs.
+pub(crate) fn set_ipv4_len_id(ip: &mut [u8], total: u16, id: u16) {
+    ip[2..4].copy_from_slice(&total.to_be_bytes());
+    ip[4..6].copy_from_slice(&id.to_be_bytes());
+    ip[10..12].fill(0);
+    let csum = checksum::checksum(ip);
+    ip[10..12].copy_from_slice(&csum.to_be_bytes());
 }
 
 /// Checks a superframe just received into `p` (Ethernet/IPv4/TCP, cut into
