@@ -381,9 +381,7 @@ fn sent_frames_reach_the_peer_kernel_vxlan_device() {
     }
     let nodes = Nodes::new();
     let b = &nodes.b;
-    common::kernel_vxlan(b, &nodes.vb, "198.18.0.2");
-    b.exec_ok("ip", &["addr", "add", "198.19.250.2/24", "dev", "vx0"]);
-    let vx_mac = read_mac(b, "vx0");
+    let vx_mac = kernel_vxlan_peer(&nodes);
 
     let mut sock = nodes.open(&UplinkFilter::vxlan(A_IP));
     let a_mac = sock.mac();
@@ -457,6 +455,16 @@ fn sent_frames_reach_the_peer_kernel_vxlan_device() {
     assert_eq!(pool.available(), 256);
 }
 
+/// B's kernel VXLAN device (`vx0`) with a pod-range address on it, the peer
+/// frames are sent to; returns its MAC.
+fn kernel_vxlan_peer(nodes: &Nodes) -> MacAddr {
+    common::kernel_vxlan(&nodes.b, &nodes.vb, "198.18.0.2");
+    nodes
+        .b
+        .exec_ok("ip", &["addr", "add", "198.19.250.2/24", "dev", "vx0"]);
+    read_mac(&nodes.b, "vx0")
+}
+
 #[test]
 fn runs_go_as_one_superframe_and_are_cut_back_on_both_kinds_of_peer() {
     if skip_unless_tools() {
@@ -464,9 +472,7 @@ fn runs_go_as_one_superframe_and_are_cut_back_on_both_kinds_of_peer() {
     }
     let nodes = Nodes::new();
     let b = &nodes.b;
-    common::kernel_vxlan(b, &nodes.vb, "198.18.0.2");
-    b.exec_ok("ip", &["addr", "add", "198.19.250.2/24", "dev", "vx0"]);
-    let vx_mac = read_mac(b, "vx0");
+    let vx_mac = kernel_vxlan_peer(&nodes);
 
     let mut sock = nodes.open(&UplinkFilter::vxlan(A_IP));
     assert!(sock.has_offload(), "PACKET_VNET_HDR refused");
@@ -586,9 +592,7 @@ fn tcp_superframes_leave_whole_and_arrive_valid() {
     }
     let nodes = Nodes::new();
     let b = &nodes.b;
-    common::kernel_vxlan(b, &nodes.vb, "198.18.0.2");
-    b.exec_ok("ip", &["addr", "add", "198.19.250.2/24", "dev", "vx0"]);
-    let vx_mac = read_mac(b, "vx0");
+    let vx_mac = kernel_vxlan_peer(&nodes);
     let mut sock = nodes.open(&UplinkFilter::vxlan(A_IP));
     assert!(sock.has_offload(), "PACKET_VNET_HDR refused");
     assert!(sock.takes_superframes());
