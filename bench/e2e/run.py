@@ -48,6 +48,9 @@ ALL_VARIANTS = [
 ]
 QUICK_VARIANTS = ["veth", "kernel-vxlan", "sluice-vxlan-socket"]
 
+# Measurement steps of one repetition, in order (--metrics picks some).
+STEPS = ["tcp1", "tcp4", "udp64", "rr"]
+
 # metric key, table heading, unit, higher is better, decimals
 METRICS = [
     ("tcp1_gbps", "TCP 1 stream", "Gbit/s", True, 2),
@@ -556,6 +559,8 @@ def measure_variant(v, args, cpus, tool, prefix, workdir):
                 ("rr", lambda: measure_rr(lab, topo, cpus, args.duration, tool)),
             ]
             for step, fn in steps:
+                if step not in args.metrics:
+                    continue
                 try:
                     r = fn()
                 except BenchError as e:
@@ -757,6 +762,8 @@ def main(argv):
     ap.add_argument("--variants", help="comma-separated subset of: " + ", ".join(v[0] for v in ALL_VARIANTS))
     ap.add_argument("--pin", choices=["node", "dedicated", "split", "none"], default="node",
                     help="CPU placement of the traffic tools (see bench/e2e/README.md)")
+    ap.add_argument("--metrics", default=",".join(STEPS),
+                    help="comma-separated subset of: " + ", ".join(STEPS) + " (tcp1 also gives CPU s/GB)")
     ap.add_argument("--profile", default="", help="comma-separated variants to profile with perf after measuring")
     ap.add_argument("--wait-quiet", type=float,
                     help="before each variant wait up to this many seconds for other work on the machine to stop "
@@ -783,6 +790,10 @@ def main(argv):
     bad = [n for n in names if n not in known]
     if bad:
         raise SystemExit(f"--variants: unknown {', '.join(bad)}; expected some of {', '.join(known)}")
+    args.metrics = [m for m in args.metrics.split(",") if m]
+    bad = [m for m in args.metrics if m not in STEPS]
+    if bad or not args.metrics:
+        raise SystemExit(f"--metrics: unknown {', '.join(bad) or '(none given)'}; expected some of {', '.join(STEPS)}")
     args.profile = [n for n in args.profile.split(",") if n]
     bad = [n for n in args.profile if n not in names]
     if bad:

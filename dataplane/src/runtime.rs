@@ -3,7 +3,7 @@
 //!
 //! A worker learns which of its ports have frames waiting from epoll (one
 //! `epoll_wait(0)` per loop instead of a `read` per port), busy-polls while
-//! traffic flows, and after `spin_polls` empty rounds sleeps in epoll until a
+//! traffic flows, and once `busy_poll` has passed without work sleeps in epoll until a
 //! port's fd becomes readable or the control plane wakes it, so an idle node
 //! costs close to nothing. The control plane talks to workers through a
 //! command channel plus an eventfd waker; tables reach them through
@@ -42,8 +42,9 @@ pub struct RuntimeConfig {
     pub workers: usize,
     /// Pin worker `i` to core `i` (modulo the cores there are).
     pub pin: bool,
-    /// Empty polling rounds before a worker sleeps in epoll.
-    pub spin_polls: u32,
+    /// How long a worker keeps polling after its last packet before it
+    /// sleeps in epoll (busy-poll window).
+    pub busy_poll: Duration,
     /// Frames taken from one port per round.
     pub burst: usize,
     /// Buffers per worker.
@@ -58,10 +59,10 @@ impl Default for RuntimeConfig {
         RuntimeConfig {
             workers: 1,
             pin: true,
-            // Short: on small nodes the worker shares its core with pods, and
-            // each empty round is an epoll_wait(0); profiles of TCP between
-            // pods showed 69 idle rounds per busy one at 512.
-            spin_polls: 64,
+            // Sleeping costs a request/response about 15 us per hop (measured
+            // with scripts/bench-e2e --metrics rr: 40 us with no polling, 25
+            // with 30 us to 3 ms of it); longer windows bought nothing more.
+            busy_poll: Duration::from_micros(200),
             burst: 64,
             pool_size: 4096,
             buf_size: DEFAULT_BUF_SIZE,
@@ -566,14 +567,17 @@ impl<P: Policy> Worker<P> {
         let epoch = self.epoch;
         let mut events = Events::with_capacity(256);
         let mut batch = Batch::new();
-        let mut idle: u32 = 0;
+        // Time (from `epoch`) of the last round that found work.
+        let mut last_work: u64 = 0;
+        let mut idle_now: u64 = 0;
+        let busy_poll = self.cfg.busy_poll.as_nanos() as u64;
         let mut last_publish = Instant::now();
         let mut loops: u64 = 0;
         while !self.shared.stop.load(Ordering::Acquire) {
             loops += 1;
             self.shared.heartbeat.store(loops, Ordering::Relaxed);
             self.handle_commands();
-            let timeout = if idle >= self.cfg.spin_polls {
+            let timeout = if idle_now.saturating_sub(last_work) >= busy_poll {
                 self.stats.sleeps += 1;
                 self.publish();
                 last_publish = Instant::now();
@@ -598,12 +602,12 @@ impl<P: Policy> Worker<P> {
             let mut work = self.rx_ready(&mut batch, now);
             work += self.drain_incoming();
             if work > 0 {
-                idle = 0;
+                last_work = now;
                 self.stats.busy_polls += 1;
             } else {
-                idle = idle.saturating_add(1);
                 self.stats.idle_polls += 1;
             }
+            idle_now = now;
             if last_publish.elapsed() >= Duration::from_millis(50) {
                 self.publish();
                 last_publish = Instant::now();
@@ -1005,5 +1009,36 @@ mod tests {
             assert!(rt.remove_port(testkit::POD_A2_PORT).is_none());
             rt.stop();
         }
+    }
+
+    #[test]
+    fn idle_worker_polls_for_the_window_then_sleeps() {
+        let tables = testkit::node_a(Mode::Vxlan, 0, 0);
+        let start = |busy_poll| {
+            let cfg = RuntimeConfig {
+                pin: false,
+                pool_size: 64,
+                busy_poll,
+                ..Default::default()
+            };
+            Runtime::start(&cfg, &tables, || AllowAll).unwrap()
+        };
+        // A window longer than the test: the worker keeps polling, never sleeps.
+        let rt = start(Duration::from_secs(60));
+        wait_for(|| rt.stats()[0].idle_polls > 1000);
+        assert_eq!(rt.stats()[0].sleeps, 0);
+        rt.stop();
+        // No window: each empty round sleeps (up to `max_sleep`) at once.
+        let rt = start(Duration::ZERO);
+        wait_for(|| rt.stats()[0].sleeps >= 2);
+        std::thread::sleep(Duration::from_millis(150));
+        let st = &rt.stats()[0];
+        assert!(
+            st.idle_polls <= st.sleeps + 2,
+            "{} empty rounds for {} sleeps",
+            st.idle_polls,
+            st.sleeps
+        );
+        rt.stop();
     }
 }

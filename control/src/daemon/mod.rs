@@ -67,6 +67,8 @@ pub struct Settings {
     /// Connection-tracking entries of the node (one worker's table, or the
     /// table all workers share when there are several).
     pub conntrack_size: usize,
+    /// How long a worker polls after its last packet before it sleeps.
+    pub busy_poll: Duration,
     pub peers: Vec<PeerSpec>,
     /// When the state file and its backup are both unusable, set them aside and
     /// rebuild the endpoints from the pod TAPs (`sluiced --recover`, see [`recover`]).
@@ -124,6 +126,7 @@ impl Settings {
             host_port: r.host_port,
             host_ifname: r.host_ifname.clone(),
             conntrack_size: r.conntrack_size as usize,
+            busy_poll: r.busy_poll,
             peers: r
                 .peers
                 .iter()
@@ -243,6 +246,7 @@ pub fn run(s: Settings, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
     let tables = TableHandle::new(Tables::new(node));
     let rt_cfg = RuntimeConfig {
         workers: s.workers,
+        busy_poll: s.busy_poll,
         ..RuntimeConfig::default()
     };
     let ct = conntrack::Config {
