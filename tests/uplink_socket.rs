@@ -173,6 +173,23 @@ fn receive(
     frames
 }
 
+/// The one packet `sock` receives within 3 s, with its metadata; fails if
+/// none or more come.
+fn receive_one(sock: &mut PacketSocket, pool: &mut Pool) -> Batch {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut rx = Batch::new();
+    while rx.is_empty() && Instant::now() < deadline {
+        sock.rx_burst(pool, &mut rx, 64).expect("receiving");
+        if rx.is_empty() {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    sock.rx_burst(pool, &mut rx, 64).expect("receiving");
+    assert_eq!(rx.len(), 1, "one packet");
+    rx
+}
+
 fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
@@ -537,7 +554,11 @@ fn runs_go_as_one_superframe_and_are_cut_back_on_both_kinds_of_peer() {
     );
     assert_eq!(got.len(), 21);
     let pst = *peer.stats();
-    assert_eq!((pst.rx_gso, pst.rx_gso_segments), (1, 20), "{pst:?}");
+    assert_eq!(
+        (pst.rx_gso, pst.rx_gso_cut, pst.rx_gso_segments),
+        (1, 1, 20),
+        "{pst:?}"
+    );
     for (g, f) in got.iter().zip(&frames) {
         assert_eq!(g.len(), f.len());
         // Payload (VXLAN and inner frame) and addresses as sent; the outer IPv4
@@ -581,8 +602,9 @@ fn tcp_superframe(
 /// A TCP superframe from the pipeline leaves in one message. Encapsulated
 /// (VXLAN), it goes as a UDP superframe of its segments, each segment's headers
 /// written apart and its payload sent from where it lies: the kernel's VXLAN
-/// device takes every segment, and a Sluice socket cuts them back into VXLAN
-/// datagrams whose inner TCP segments are valid and carry the data in order.
+/// device takes every segment, and a Sluice socket makes them one VXLAN packet
+/// again whose inner frame is a TCP superframe, its segments valid and the
+/// data in order.
 /// Unencapsulated (native routing), it goes as a TCP superframe, which a Sluice
 /// socket hands on whole.
 #[test]
@@ -632,14 +654,42 @@ fn tcp_superframes_leave_whole_and_arrive_valid() {
         "vx0 received {} of {segments}",
         rx_packets(b, "vx0") - before
     );
-    let got = receive(
-        &mut peer,
-        &mut pool,
-        segments,
-        Duration::from_secs(3),
-        Duration::from_millis(100),
+    // B's Sluice socket makes the UDP superframe one VXLAN packet again, its
+    // inner frame a TCP superframe of the segments.
+    let mut rx = receive_one(&mut peer, &mut pool);
+    let q = &rx.as_slice()[0];
+    assert!(q.meta.is_superframe());
+    assert_eq!((q.meta.gso_size, q.meta.gso_ip), (1398, 64));
+    let pst = *peer.stats();
+    assert_eq!(
+        (pst.rx_gso, pst.rx_gso_cut, pst.rx_gso_segments),
+        (1, 0, segments as u64),
+        "{pst:?}"
     );
-    assert_eq!(got.len(), segments);
+    let g = q.data();
+    let outer = etherparse::Ipv4HeaderSlice::from_slice(&g[14..34]).expect("outer IPv4");
+    assert_eq!(usize::from(outer.total_len()), g.len() - 14);
+    assert_eq!(
+        outer.header_checksum(),
+        outer.to_header().calc_header_checksum()
+    );
+    assert_eq!(
+        usize::from(u16::from_be_bytes([g[38], g[39]])),
+        g.len() - 34
+    );
+    // Cut as a pod's TAP without offloads would get it: every segment valid,
+    // the data in order.
+    let cut = gso::Tcp4Gso::parse_at(g, 64, 1398).expect("a TCP superframe inside");
+    assert_eq!(cut.count(), segments);
+    let got: Vec<Vec<u8>> = (0..cut.count())
+        .map(|i| {
+            let mut seg = vec![0; cut.max_segment_len()];
+            let n = cut.write_segment(g, i, &mut seg).expect("cutting");
+            seg.truncate(n);
+            seg
+        })
+        .collect();
+    rx.clear_into(&mut pool);
     let mut joined = Vec::new();
     for (i, g) in got.iter().enumerate() {
         let outer = etherparse::Ipv4HeaderSlice::from_slice(&g[14..34]).expect("outer IPv4");
@@ -673,15 +723,7 @@ fn tcp_superframes_leave_whole_and_arrive_valid() {
     batch.push(p);
     assert_eq!(sock.tx_burst(&mut pool, &mut batch).expect("sending"), 1);
     assert_eq!(sock.stats().tx_gso, 2);
-    let deadline = Instant::now() + Duration::from_secs(3);
-    let mut rx = Batch::new();
-    while rx.is_empty() && Instant::now() < deadline {
-        peer.rx_burst(&mut pool, &mut rx, 64).expect("receiving");
-        if rx.is_empty() {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-    assert_eq!(rx.len(), 1, "one superframe");
+    let mut rx = receive_one(&mut peer, &mut pool);
     let q = &rx.as_slice()[0];
     assert!(q.meta.is_superframe());
     assert_eq!((q.meta.gso_size, q.meta.gso_ip), (1398, 14));

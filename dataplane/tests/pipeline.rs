@@ -183,6 +183,48 @@ fn vxlan_remote_to_local_pod() {
     assert_eq!(h.pl.counters().vxlan_decap, 1);
 }
 
+/// A TCP superframe inside one VXLAN packet (as the uplink socket makes the
+/// pieces of a UDP superframe into): decapsulated once and handed to the pod
+/// still marked, its TCP/IPv4 header now right behind the Ethernet header.
+#[test]
+fn vxlan_tcp_superframe_to_local_pod_stays_whole() {
+    let mut h = Harness::new(Mode::Vxlan);
+    let data: Vec<u8> = (0..20_000u32).map(|i| (i * 7 + i / 300) as u8).collect();
+    let mut tcp = etherparse::TcpHeader::new(5201, 40000, 1_000_000, 64240);
+    tcp.ack = true;
+    tcp.acknowledgment_number = 1;
+    let mut inner = Vec::new();
+    etherparse::PacketBuilder::ethernet2(
+        NODE_B_VTEP.0,
+        sluice_dataplane::table::default_vtep_mac(NODE_A).0,
+    )
+    .ipv4(POD_B1.octets(), POD_A1.octets(), 64)
+    .tcp_header(tcp)
+    .write(&mut inner, &data)
+    .unwrap();
+    let outer = vxlan_from_b(&inner, 4096, NODE_B);
+    let mut p = h.pool.alloc_large();
+    assert!(p.load(&outer));
+    p.set_superframe(1398, 64);
+    let mut b = Batch::new();
+    b.push(p);
+    h.pl.process(PortId::UPLINK, &mut b, 0, &mut h.pool, &mut h.tx);
+    let mut out = Vec::new();
+    for (port, q) in h.tx.pending() {
+        for p in q.iter() {
+            out.push((port, p.meta.gso_size, p.meta.gso_ip, p.data().to_vec()));
+        }
+    }
+    h.tx.clear(&mut h.pool);
+    assert_eq!(out.len(), 1, "one packet out");
+    let (port, gso_size, gso_ip, f) = &out[0];
+    assert_eq!(*port, POD_A1_PORT);
+    assert_eq!((*gso_size, *gso_ip), (1398, 14));
+    assert_eq!(f.len(), inner.len());
+    check_inner_delivered(f, POD_A1_MAC, &inner);
+    assert_eq!(h.pl.counters().vxlan_decap, 1);
+}
+
 #[test]
 fn vxlan_wrong_vni_unknown_source_bad_flags() {
     let mut h = Harness::new(Mode::Vxlan);

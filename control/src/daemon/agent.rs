@@ -1164,6 +1164,7 @@ impl Agent {
                     "rx_packets": s.rx_packets, "rx_bytes": s.rx_bytes, "tx_packets": s.tx_packets,
                     "tx_bytes": s.tx_bytes, "tx_dropped": s.tx_dropped, "rx_errors": s.rx_errors, "tx_errors": s.tx_errors,
                     "rx_gso": s.offload.rx_gso_superframes, "rx_gso_segments": s.offload.rx_gso_segments,
+                    "rx_gso_cut": s.offload.rx_gso_cut,
                     "tx_gro": s.offload.tx_gro_superframes, "tx_gro_segments": s.offload.tx_gro_segments,
                     "rx_dropped": s.offload.rx_dropped,
                 }));

@@ -201,6 +201,7 @@ impl Snapshot {
                 let (o, so) = (&mut t.offload, &s.offload);
                 o.rx_gso_superframes += so.rx_gso_superframes;
                 o.rx_gso_segments += so.rx_gso_segments;
+                o.rx_gso_cut += so.rx_gso_cut;
                 o.tx_gro_superframes += so.tx_gro_superframes;
                 o.tx_gro_segments += so.tx_gro_segments;
                 o.rx_dropped += so.rx_dropped;
@@ -286,7 +287,7 @@ const POD_COUNTERS: [PortField; 12] = [
     ),
 ];
 
-const PORT_COUNTERS: [PortField; 12] = [
+const PORT_COUNTERS: [PortField; 13] = [
     (
         "port_rx_packets",
         "Packets Sluice received on a node port",
@@ -325,6 +326,11 @@ const PORT_COUNTERS: [PortField; 12] = [
         "port_rx_gso_segments",
         "Segments in the superframes received on a node port",
         |s| s.offload.rx_gso_segments,
+    ),
+    (
+        "port_rx_gso_cut",
+        "Superframes received on a node port that were cut into frames, not passed on whole",
+        |s| s.offload.rx_gso_cut,
     ),
     (
         "port_tx_gro_superframes",

@@ -67,6 +67,10 @@ pub struct PortOffload {
     pub rx_gso_superframes: u64,
     /// Segments they carry.
     pub rx_gso_segments: u64,
+    /// Of the superframes received, those cut into frames because they could
+    /// not travel whole: UDP superframes other than VXLAN pieces of one TCP
+    /// flow (those become one packet carrying a TCP superframe).
+    pub rx_gso_cut: u64,
     /// Superframes sent: joined from a run of segments (GRO), or received
     /// whole and sent on whole.
     pub tx_gro_superframes: u64,

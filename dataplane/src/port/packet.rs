@@ -334,6 +334,9 @@ pub struct PacketStats {
     pub rx_gso: u64,
     /// Frames cut from them (included in `rx_frames`).
     pub rx_gso_segments: u64,
+    /// Of them, UDP superframes cut into datagrams (all but VXLAN pieces of
+    /// one TCP flow, which become one packet carrying a TCP superframe).
+    pub rx_gso_cut: u64,
     /// Superframes that could not be cut (bad headers or sizes, a GSO type
     /// other than UDP or TCP over IPv4): dropped.
     pub rx_gso_bad: u64,
@@ -659,6 +662,7 @@ impl Port for PacketSocket {
         PortOffload {
             rx_gso_superframes: s.rx_gso,
             rx_gso_segments: s.rx_gso_segments,
+            rx_gso_cut: s.rx_gso_cut,
             tx_gro_superframes: s.tx_gso,
             tx_gro_segments: s.tx_gso_segments,
             rx_dropped: s.rx_truncated + s.rx_gso_bad,
@@ -824,10 +828,39 @@ impl PacketSocket {
                 }
                 continue;
             }
-            let frame: &[u8] = whole.data();
             // Partial: from a sender on this host, so what it carries (a
             // VXLAN packet's inner checksums) never crossed a wire.
             let trusted = h.flags & VnetHdr::F_NEEDS_CSUM != 0;
+            // VXLAN pieces of one TCP flow: into the pipeline as one packet
+            // carrying a TCP superframe.
+            let joined = match self.filter.vxlan_port {
+                Some(port) if h.gso_type & !VnetHdr::GSO_ECN == VnetHdr::GSO_UDP_L4 => {
+                    Udp4Split::parse(whole.data(), h.gso_size, usize::MAX)
+                        .ok()
+                        .and_then(|split| split.join_vxlan_tcp(whole.data_mut(), port, trusted))
+                }
+                _ => None,
+            };
+            if let Some(j) = joined {
+                whole.truncate(j.len);
+                whole.set_superframe(j.gso_size, j.inner_ip_at as u8);
+                st.rx_gso_segments += j.segments as u64;
+                st.rx_frames += 1;
+                let q = if in_slot {
+                    pool.free(p);
+                    slots[i].take().expect("slot holds it")
+                } else {
+                    p
+                };
+                if got < max && !batch.is_full() {
+                    batch.push(q);
+                    got += j.segments;
+                } else {
+                    overflow.push_back(q);
+                }
+                continue;
+            }
+            let frame: &[u8] = whole.data();
             let cut = cut_superframe(frame, &h, buf_room, pool, |mut q| {
                 if trusted {
                     q.meta.flags |= Meta::FLAG_L4_CSUM_OK;
@@ -842,6 +875,7 @@ impl PacketSocket {
             match cut {
                 Ok(k) => {
                     st.rx_gso_segments += k as u64;
+                    st.rx_gso_cut += 1;
                     st.rx_frames += k as u64;
                 }
                 Err(()) => st.rx_gso_bad += 1,

@@ -802,6 +802,8 @@ impl Port for Tap {
         PortOffload {
             rx_gso_superframes: s.rx_gso,
             rx_gso_segments: s.rx_gso_segments,
+            // A TAP passes every superframe it reads on whole.
+            rx_gso_cut: 0,
             tx_gro_superframes: s.tx_gro,
             tx_gro_segments: s.tx_gro_segments,
             rx_dropped: s.rx_oversize + s.rx_bad_vnet + s.rx_gso_bad + s.rx_gso_unsupported,

@@ -213,6 +213,10 @@ fn uplink<const FUSED: bool>(
         };
         p.truncate(end);
         p.strip(outer);
+        if p.meta.is_superframe() {
+            // Its TCP/IPv4 header is now `outer` bytes nearer the front.
+            p.meta.gso_ip = p.meta.gso_ip.wrapping_sub(outer as u8);
+        }
         if proto == 4 {
             if let Some(e) = p.head_mut::<ETH>() {
                 e[12..14].copy_from_slice(&ETHERTYPE_IPV4);
