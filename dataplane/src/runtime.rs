@@ -571,7 +571,10 @@ impl<P: Policy> Worker<P> {
         let mut last_work: u64 = 0;
         let mut idle_now: u64 = 0;
         let busy_poll = self.cfg.busy_poll.as_nanos() as u64;
-        let mut last_publish = Instant::now();
+        // One clock read per round (`now` below) serves the busy-poll window
+        // and the publishing interval both.
+        const PUBLISH_NS: u64 = 50_000_000;
+        let mut last_publish: u64 = 0;
         let mut loops: u64 = 0;
         while !self.shared.stop.load(Ordering::Acquire) {
             loops += 1;
@@ -580,7 +583,7 @@ impl<P: Policy> Worker<P> {
             let timeout = if idle_now.saturating_sub(last_work) >= busy_poll {
                 self.stats.sleeps += 1;
                 self.publish();
-                last_publish = Instant::now();
+                last_publish = idle_now;
                 Some(self.cfg.max_sleep)
             } else {
                 Some(Duration::ZERO)
@@ -608,9 +611,9 @@ impl<P: Policy> Worker<P> {
                 self.stats.idle_polls += 1;
             }
             idle_now = now;
-            if last_publish.elapsed() >= Duration::from_millis(50) {
+            if now.saturating_sub(last_publish) >= PUBLISH_NS {
                 self.publish();
-                last_publish = Instant::now();
+                last_publish = now;
             }
         }
         self.publish();
