@@ -9,6 +9,11 @@
 //! Group `stage`: the pieces on their own (LPM lookup, endpoint lookup, outer
 //! header write, checksum, flow hash).
 //!
+//! Group `superframe`: what a node does in user space with a 64 KB TCP
+//! superframe: cut into segments for a kernel VXLAN peer (each segment's
+//! headers and checksums), and on receive a VXLAN UDP superframe either cut
+//! into datagrams or made one TCP superframe again in place.
+//!
 //! Group `pipeline_cpu`: the six budget cases of `pipeline` timed in thread
 //! CPU time rather than wall time, for numbers that mean something while
 //! other work shares the machine's cores.
@@ -17,10 +22,14 @@ use std::hint::black_box;
 use std::net::Ipv4Addr;
 
 use criterion::measurement::{Measurement, ValueFormatter, WallTime};
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{
+    criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput,
+};
 use sluice_dataplane::buf::{Batch, Pool, PortId, DEFAULT_BUF_SIZE};
 use sluice_dataplane::flow::FlowKey;
 use sluice_dataplane::pipeline::{Pipeline, TxQueues};
+use sluice_dataplane::port::gro::Udp4Split;
+use sluice_dataplane::port::gso::Tcp4Gso;
 use sluice_dataplane::table::{default_vtep_mac, Mode, TunnelId};
 use sluice_dataplane::testkit::*;
 use sluice_dataplane::wire::{checksum, ipv4};
@@ -289,7 +298,97 @@ fn stage(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, pipeline, stage);
+/// An Ethernet/IPv4/TCP superframe of `payload` bytes, its TCP checksum
+/// partial (pseudo header only), as a pod's TAP hands it over.
+fn tcp_superframe(payload: usize) -> Vec<u8> {
+    let mut f = vec![2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x08, 0x00];
+    let total = (20 + 32 + payload) as u16;
+    let mut ip = [0u8; 20];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&total.to_be_bytes());
+    ip[6] = 0x40;
+    ip[8] = 64;
+    ip[9] = 6;
+    ip[12..16].copy_from_slice(&POD_A1.octets());
+    ip[16..20].copy_from_slice(&POD_B1.octets());
+    let c = checksum::checksum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    f.extend_from_slice(&ip);
+    let mut tcp = [0u8; 32];
+    tcp[0..2].copy_from_slice(&40000u16.to_be_bytes());
+    tcp[2..4].copy_from_slice(&5201u16.to_be_bytes());
+    tcp[4..8].copy_from_slice(&1u32.to_be_bytes());
+    tcp[8..12].copy_from_slice(&1u32.to_be_bytes());
+    tcp[12] = 8 << 4;
+    tcp[13] = 0x18;
+    tcp[14..16].copy_from_slice(&502u16.to_be_bytes());
+    tcp[20..32].copy_from_slice(&[1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2]);
+    f.extend_from_slice(&tcp);
+    f.extend((0..payload).map(|i| (i * 7 + 3) as u8));
+    f
+}
+
+fn superframe(c: &mut Criterion) {
+    const MSS: u16 = 1398;
+    let mut g = c.benchmark_group("superframe");
+    let sf = tcp_superframe(64_000);
+    let tcp = Tcp4Gso::parse(&sf, MSS).unwrap();
+    let mut seg = vec![0u8; tcp.max_segment_len()];
+    g.throughput(Throughput::Bytes(64_000));
+    g.bench_function("tcp_cut_46_segments", |b| {
+        b.iter(|| {
+            for i in 0..tcp.count() {
+                black_box(tcp.write_segment(&sf, i, &mut seg).unwrap());
+            }
+        })
+    });
+    // The same segments as VXLAN pieces of one UDP superframe.
+    let mut udp = vec![2, 0, 0, 0, 0, 0xb, 2, 0, 0, 0, 0, 0xa, 0x08, 0x00];
+    udp.extend_from_slice(&[0x45, 0, 0, 0, 0x40, 0, 0, 0, 64, 17, 0, 0]);
+    udp.extend_from_slice(&NODE_B.octets());
+    udp.extend_from_slice(&NODE_A.octets());
+    udp.extend_from_slice(&[0xc3, 0x50, 0x12, 0xb5, 0, 0, 0, 0]);
+    let mut piece = 0;
+    for i in 0..tcp.count() {
+        let n = tcp.write_segment(&sf, i, &mut seg).unwrap();
+        udp.extend_from_slice(&[0x08, 0, 0, 0, 0, 0x10, 0, 0]);
+        udp.extend_from_slice(&seg[..n]);
+        piece = piece.max(8 + n);
+    }
+    let piece = piece as u16;
+    let mut out = vec![0u8; 2048];
+    g.bench_function("vxlan_rx_cut_46_datagrams", |b| {
+        b.iter(|| {
+            let split = Udp4Split::parse(&udp, piece, out.len()).unwrap();
+            for i in 0..split.count() {
+                black_box(split.write(&udp, i, &mut out));
+            }
+        })
+    });
+    g.bench_function("vxlan_rx_join_46_pieces", |b| {
+        b.iter_batched_ref(
+            || udp.clone(),
+            |f| {
+                let split = Udp4Split::parse(f, piece, usize::MAX).unwrap();
+                black_box(split.join_vxlan_tcp(f, 4789, true).unwrap())
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    g.bench_function("vxlan_rx_join_46_pieces_verified", |b| {
+        b.iter_batched_ref(
+            || udp.clone(),
+            |f| {
+                let split = Udp4Split::parse(f, piece, usize::MAX).unwrap();
+                black_box(split.join_vxlan_tcp(f, 4789, false).unwrap())
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(benches, pipeline, stage, superframe);
 criterion_group! {
     name = cpu;
     config = Criterion::default().with_measurement(ThreadCpu);

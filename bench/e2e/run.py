@@ -310,7 +310,7 @@ def topo_kernel(lab, variant):
     return Topology(pods[0], pods[1], "198.19.1.2", "198.19.2.2")
 
 
-def sluice_config(lab, i, mode, backend):
+def sluice_config(lab, i, mode, backend, extra=()):
     d = os.path.join(lab.workdir, f"n{i}")
     os.makedirs(d, exist_ok=True)
     j = 3 - i
@@ -324,7 +324,7 @@ state_dir = "{d}/state"
 api_socket = "{d}/sluiced.sock"
 metrics_listen = "127.0.0.1:0"
 workers = 1
-
+{"".join(line + chr(10) for line in extra)}
 [[peers]]
 name = "node{j}"
 node_ip = "198.18.0.{j}"
@@ -366,7 +366,7 @@ def topo_sluice(lab, variant):
     sluiced = []
     socks = []
     for i, n in enumerate(nodes, start=1):
-        d, cfg = sluice_config(lab, i, variant["mode"], variant["backend"])
+        d, cfg = sluice_config(lab, i, variant["mode"], variant["backend"], variant["sluiced_set"])
         env = dict(os.environ, RUST_LOG="info")
         p = lab.spawn(n, [os.path.join(bindir, "sluiced"), "--config", cfg], cpu=variant["sluiced_cpus"][i - 1],
                       logfile=os.path.join(d, "sluiced.log"), env=env)
@@ -665,6 +665,9 @@ def markdown(results):
         "- Every variant's namespaces are built afresh; runs on one machine drift by ±20% between runs, so compare "
         "rows of the same run.",
     ]
+    if meta.get("sluiced_set"):
+        lines.append("- **sluiced settings** added to every node's configuration: "
+                     + ", ".join(f"`{x}`" for x in meta["sluiced_set"]))
     bg = [(v["name"], max(v["background_cpus"] or 0, median(v["foreign_cpus"]) or 0)) for v in results["variants"]]
     bg = [(n, b) for n, b in bg if b > 0.2]
     if bg:
@@ -724,6 +727,7 @@ def meta_info(args, cpus, tool):
         "cpu_client": cpus["client"],
         "cpu_server": cpus["server"],
         "rr_tool": tool,
+        "sluiced_set": args.sluiced_set,
         "iperf3": first(["iperf3", "--version"]),
         "sockperf": first(["sockperf", "--version"]) if tool == "sockperf" else None,
         "git": first(["git", "rev-parse", "--short", "HEAD"]) + ("+dirty" if dirty else ""),
@@ -764,6 +768,8 @@ def main(argv):
                     help="CPU placement of the traffic tools (see bench/e2e/README.md)")
     ap.add_argument("--metrics", default=",".join(STEPS),
                     help="comma-separated subset of: " + ", ".join(STEPS) + " (tcp1 also gives CPU s/GB)")
+    ap.add_argument("--sluiced-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a sluiced setting for every Sluice node, as a TOML line (e.g. busy_poll_us=50); repeatable")
     ap.add_argument("--profile", default="", help="comma-separated variants to profile with perf after measuring")
     ap.add_argument("--wait-quiet", type=float,
                     help="before each variant wait up to this many seconds for other work on the machine to stop "
@@ -841,7 +847,7 @@ def main(argv):
             name, kind, mode, backend, baseline = known[n]
             log(f"== {name}")
             v = {"name": name, "kind": kind, "mode": mode, "backend": backend, "baseline": baseline,
-                 "bindir": args.bin, "sluiced_cpus": cpus["sluiced"]}
+                 "bindir": args.bin, "sluiced_cpus": cpus["sluiced"], "sluiced_set": args.sluiced_set}
             if args.wait_quiet > 0:
                 wait_quiet(args.wait_quiet)
             results["variants"].append(measure_variant(v, args, cpus, tool, f"{prefix}-{len(results['variants'])}",

@@ -61,8 +61,10 @@ impl Default for RuntimeConfig {
             pin: true,
             // Sleeping costs a request/response about 15 us per hop (measured
             // with scripts/bench-e2e --metrics rr: 40 us with no polling, 25
-            // with 30 us to 3 ms of it); longer windows bought nothing more.
-            busy_poll: Duration::from_micros(200),
+            // to 32 with 30 us to 3 ms of it, no trend). Polling longer costs a
+            // sender that shares the worker's core: 64-byte UDP through the
+            // socket uplink fell from 105-114 kpps at 30 us to 77-78 at 200.
+            busy_poll: Duration::from_micros(30),
             burst: 64,
             pool_size: 4096,
             buf_size: DEFAULT_BUF_SIZE,

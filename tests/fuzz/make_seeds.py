@@ -120,6 +120,29 @@ def main():
     ]
     for mode in range(3):
         write("pipeline", f"testkit-{mode}", bytes([mode]) + b"".join(rec(port, f) for port, f in kit))
+    # offload: segment size (2 bytes), selector, frame. A TCP superframe (checksum
+    # partial) and the VXLAN UDP superframe a node sends its segments in.
+    mss, data = 1398, bytes((i * 7 + 3) & 0xFF for i in range(5000))
+    tcp_opts = bytes([1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2])
+
+    def tcp_seg(seq, payload, flags):
+        h = struct.pack(">HHIIBBHHH", 40000, 5201, seq, 1, 0x80, flags, 502, 0, 0) + tcp_opts
+        pseudo = a1 + b1 + struct.pack(">BBH", 0, 6, len(h) + len(payload))
+        c = csum(pseudo + h + payload)
+        return h[:16] + struct.pack(">H", c) + h[18:] + payload
+
+    sf = eth(gw, a1_mac, 0x0800, ipv4(a1, b1, 6, tcp_seg(1, data, 0x18), df=True))
+    write("offload", "tcp-superframe", struct.pack(">HB", mss, 0) + sf)
+    pieces = b""
+    for k in range(0, len(data), mss):
+        chunk = data[k:k + mss]
+        seg = eth(node_b_mac, node_a_mac, 0x0800, ipv4(a1, b1, 6, tcp_seg(1 + k, chunk, 0x10 | (0x08 if k + mss >= len(data) else 0)), df=True))
+        pieces += vxlan_hdr(4096) + seg
+    piece = 8 + 14 + 20 + 32 + mss
+    outer = struct.pack(">BBHHHBBH4s4s", 0x45, 0, 0, 1, 0, 64, 17, 0, node_a, node_b)
+    udp_sf = eth(node_b_mac, node_a_mac, 0x0800, outer + struct.pack(">HHHH", 50000, 4789, 0, 0) + pieces)
+    write("offload", "vxlan-udp-superframe", struct.pack(">HB", piece, 0) + udp_sf)
+    write("offload", "vxlan-udp-superframe-trusted", struct.pack(">HB", piece, 0x80) + udp_sf)
     # cni: environment lines, 0xff, stdin, 0xff, the daemon's answer.
     conf = {"cniVersion": "1.1.0", "name": "sluice", "type": "sluice", "socket": "/run/sluice/sluiced.sock"}
     env_add = "CNI_COMMAND=ADD\nCNI_CONTAINERID=c0ffee\nCNI_NETNS=/var/run/netns/p1\nCNI_IFNAME=eth0\nCNI_PATH=/opt/cni/bin\nCNI_ARGS=IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web\n"
