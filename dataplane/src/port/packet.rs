@@ -801,50 +801,39 @@ impl PacketSocket {
                     }
                 }
             };
-            if h.gso_type & !VnetHdr::GSO_ECN == VnetHdr::GSO_TCPV4 {
-                // TCP (native routing): into the pipeline whole.
-                match mark_superframe(whole, h.gso_size) {
-                    Ok(k) => {
-                        st.rx_gso_segments += k as u64;
-                        st.rx_frames += 1;
-                        let q = if in_slot {
-                            pool.free(p);
-                            slots[i].take().expect("slot holds it")
-                        } else {
-                            p
-                        };
-                        // Counted by its segments, as the TAP counts them.
-                        if got < max && !batch.is_full() {
-                            batch.push(q);
-                            got += k;
-                        } else {
-                            overflow.push_back(q);
-                        }
-                    }
-                    Err(_) => {
-                        st.rx_gso_bad += 1;
-                        pool.free(p);
-                    }
-                }
-                continue;
-            }
             // Partial: from a sender on this host, so what it carries (a
             // VXLAN packet's inner checksums) never crossed a wire.
             let trusted = h.flags & VnetHdr::F_NEEDS_CSUM != 0;
-            // VXLAN pieces of one TCP flow: into the pipeline as one packet
+            let gso_type = h.gso_type & !VnetHdr::GSO_ECN;
+            // Into the pipeline whole, with its segment count: a TCP superframe
+            // (native routing), or VXLAN pieces of one TCP flow made one packet
             // carrying a TCP superframe.
-            let joined = match self.filter.vxlan_port {
-                Some(port) if h.gso_type & !VnetHdr::GSO_ECN == VnetHdr::GSO_UDP_L4 => {
-                    Udp4Split::parse(whole.data(), h.gso_size, usize::MAX)
-                        .ok()
-                        .and_then(|split| split.join_vxlan_tcp(whole.data_mut(), port, trusted))
+            let kept = if gso_type == VnetHdr::GSO_TCPV4 {
+                match mark_superframe(whole, h.gso_size) {
+                    Ok(k) => Some(k),
+                    Err(_) => {
+                        st.rx_gso_bad += 1;
+                        pool.free(p);
+                        continue;
+                    }
                 }
-                _ => None,
+            } else {
+                match self.filter.vxlan_port {
+                    Some(port) if gso_type == VnetHdr::GSO_UDP_L4 => {
+                        Udp4Split::parse(whole.data(), h.gso_size, usize::MAX)
+                            .ok()
+                            .and_then(|split| split.join_vxlan_tcp(whole.data_mut(), port, trusted))
+                            .map(|j| {
+                                whole.truncate(j.len);
+                                whole.set_superframe(j.gso_size, j.inner_ip_at as u8);
+                                j.segments
+                            })
+                    }
+                    _ => None,
+                }
             };
-            if let Some(j) = joined {
-                whole.truncate(j.len);
-                whole.set_superframe(j.gso_size, j.inner_ip_at as u8);
-                st.rx_gso_segments += j.segments as u64;
+            if let Some(k) = kept {
+                st.rx_gso_segments += k as u64;
                 st.rx_frames += 1;
                 let q = if in_slot {
                     pool.free(p);
@@ -852,9 +841,10 @@ impl PacketSocket {
                 } else {
                     p
                 };
+                // Counted by its segments, as the TAP counts them.
                 if got < max && !batch.is_full() {
                     batch.push(q);
-                    got += j.segments;
+                    got += k;
                 } else {
                     overflow.push_back(q);
                 }
