@@ -60,7 +60,7 @@ impl Default for RuntimeConfig {
             workers: 1,
             pin: true,
             // Sleeping costs a request/response about 15 us per hop (measured
-            // with scripts/bench-e2e --metrics rr: 40 us with no polling, 25
+            // with scripts/bench-e2e --metrics rr: 40 us with no polling, 22
             // to 32 with 30 us to 3 ms of it, no trend). Polling longer costs a
             // sender that shares the worker's core: 64-byte UDP through the
             // socket uplink fell from 105-114 kpps at 30 us to 77-78 at 200.
