@@ -569,9 +569,10 @@ impl<P: Policy> Worker<P> {
         let epoch = self.epoch;
         let mut events = Events::with_capacity(256);
         let mut batch = Batch::new();
-        // Time (from `epoch`) of the last round that found work.
+        // Times (from `epoch`) of the last round that found work and of the
+        // last round.
         let mut last_work: u64 = 0;
-        let mut idle_now: u64 = 0;
+        let mut last_round: u64 = 0;
         let busy_poll = self.cfg.busy_poll.as_nanos() as u64;
         // One clock read per round (`now` below) serves the busy-poll window
         // and the publishing interval both.
@@ -582,10 +583,10 @@ impl<P: Policy> Worker<P> {
             loops += 1;
             self.shared.heartbeat.store(loops, Ordering::Relaxed);
             self.handle_commands();
-            let timeout = if idle_now.saturating_sub(last_work) >= busy_poll {
+            let timeout = if last_round.saturating_sub(last_work) >= busy_poll {
                 self.stats.sleeps += 1;
                 self.publish();
-                last_publish = idle_now;
+                last_publish = last_round;
                 Some(self.cfg.max_sleep)
             } else {
                 Some(Duration::ZERO)
@@ -612,7 +613,7 @@ impl<P: Policy> Worker<P> {
             } else {
                 self.stats.idle_polls += 1;
             }
-            idle_now = now;
+            last_round = now;
             if now.saturating_sub(last_publish) >= PUBLISH_NS {
                 self.publish();
                 last_publish = now;

@@ -29,6 +29,7 @@ use crate::buf::{Meta, Packet};
 use crate::port::gso::set_ipv4_len_id;
 use crate::sys::tun::VnetHdr;
 use crate::wire::checksum;
+use crate::wire::vxlan::HEADER_LEN as VXLAN_LEN;
 
 const ETH_LEN: usize = 14;
 const IP_LEN: usize = 20;
@@ -410,9 +411,6 @@ impl Udp4Split {
         at + len
     }
 }
-
-/// Bytes of a VXLAN header.
-const VXLAN_LEN: usize = 8;
 
 /// A VXLAN UDP superframe made into one VXLAN packet that carries a TCP
 /// superframe ([`Udp4Split::join_vxlan_tcp`]).
