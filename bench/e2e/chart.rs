@@ -66,6 +66,7 @@ struct Row {
     tcp1_gbps: Option<f64>,
     tcp4_gbps: Option<f64>,
     udp64_kpps: Option<f64>,
+    udpgen_kpps: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,6 +181,7 @@ fn parse(path: &Path, text: &str) -> Result<Chart, ChartError> {
             tcp1_gbps: metric(path, &name, median, "tcp1_gbps")?,
             tcp4_gbps: metric(path, &name, median, "tcp4_gbps")?,
             udp64_kpps: metric(path, &name, median, "udp64_kpps")?,
+            udpgen_kpps: metric(path, &name, median, "udpgen_kpps")?,
             name,
         });
     }
@@ -401,10 +403,14 @@ fn draw(chart: &Chart, out: &Path) -> Result<(), String> {
         decimals: 2,
     };
     let udp = Panel {
-        caption: "UDP, 64-byte payloads delivered (iperf3 -u -l 64 -b 0, receiver count)",
+        caption: "UDP, 64-byte payloads delivered (receiver count)",
         axis: "thousand packets per second",
-        values: chart.rows.iter().map(|r| (r.udp64_kpps, None)).collect(),
-        legend: ("packets/s received", None),
+        values: chart
+            .rows
+            .iter()
+            .map(|r| (r.udp64_kpps, r.udpgen_kpps))
+            .collect(),
+        legend: ("iperf3 -u -l 64 -b 0", Some("sendmmsg generator")),
         decimals: 0,
     };
     draw_panel(&panels[0], &chart.rows, &tcp)?;
@@ -465,7 +471,7 @@ mod tests {
                "duration_s": 2, "pinning": "dedicated"},
       "variants": [
         {"name": "veth", "kind": "ceiling", "median": {"tcp1_gbps": 12.3, "tcp4_gbps": 13.0, "udp64_kpps": 518}},
-        {"name": "sluice-vxlan-socket", "kind": "sluice", "median": {"tcp1_gbps": null, "udp64_kpps": 100.5}}
+        {"name": "sluice-vxlan-socket", "kind": "sluice", "median": {"tcp1_gbps": null, "udp64_kpps": 100.5, "udpgen_kpps": 128.0}}
       ]
     }"#;
 
@@ -478,6 +484,8 @@ mod tests {
         assert_eq!(c.rows[1].tcp1_gbps, None);
         assert_eq!(c.rows[1].tcp4_gbps, None);
         assert_eq!(c.rows[1].udp64_kpps, Some(100.5));
+        assert_eq!(c.rows[0].udpgen_kpps, None);
+        assert_eq!(c.rows[1].udpgen_kpps, Some(128.0));
         assert!(c.subtitle.contains("median of 1 x 2 s"), "{}", c.subtitle);
     }
 

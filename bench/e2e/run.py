@@ -29,6 +29,7 @@ ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
 
 IPERF_PORT = 5201
 RR_PORT = 11111
+UDPGEN_PORT = 5300
 VNI = 4096
 VXLAN_PORT = 4789
 VXLAN_MTU = 1450
@@ -49,13 +50,14 @@ ALL_VARIANTS = [
 QUICK_VARIANTS = ["veth", "kernel-vxlan", "sluice-vxlan-socket"]
 
 # Measurement steps of one repetition, in order (--metrics picks some).
-STEPS = ["tcp1", "tcp4", "udp64", "rr"]
+STEPS = ["tcp1", "tcp4", "udp64", "udpgen", "rr"]
 
 # metric key, table heading, unit, higher is better, decimals
 METRICS = [
     ("tcp1_gbps", "TCP 1 stream", "Gbit/s", True, 2),
     ("tcp4_gbps", "TCP 4 streams", "Gbit/s", True, 2),
     ("udp64_kpps", "UDP 64 B", "kpps", True, 0),
+    ("udpgen_kpps", "UDP 64 B sendmmsg", "kpps", True, 0),
     ("rr_p50_us", "TCP RR p50", "µs", False, 1),
     ("cpu_s_per_gb", "CPU", "s/GB", False, 2),
 ]
@@ -435,10 +437,36 @@ def measure_tcp(lab, topo, cpus, duration, streams):
 
 
 def measure_udp(lab, topo, cpus, duration):
+    """(kpps delivered, % of the datagrams sent that were lost)."""
     v = iperf3(lab, topo, cpus, ["-u", "-l", "64", "-b", "0"], duration)
     recv = v["end"]["sum_received"]
     delivered = recv["packets"] - recv["lost_packets"]
-    return delivered / recv["seconds"] / 1e3 if recv["seconds"] > 0 else None
+    lost = 100.0 * recv["lost_packets"] / recv["packets"] if recv["packets"] else None
+    return (delivered / recv["seconds"] / 1e3 if recv["seconds"] > 0 else None), lost
+
+
+def measure_udpgen(lab, topo, cpus, duration, bindir):
+    """64-byte UDP from e2e-udpgen (one sendmmsg per 64 datagrams): (kpps
+    delivered, % of the datagrams sent that were lost)."""
+    gen = os.path.join(bindir, "e2e-udpgen")
+    dst = f"{topo.server_ip}:{UDPGEN_PORT}"
+    rx = subprocess.Popen(lab.cmd(topo.server_ns, [gen, "recv", dst, str(duration)], cpus["server"]),
+                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.2)  # bound before the first datagram
+        tx = lab.exec(topo.client_ns, [gen, "send", dst, str(duration)], cpu=cpus["client"],
+                      timeout=duration + 30, check=False)
+        out, err = rx.communicate(timeout=duration + 15)
+    finally:
+        if rx.poll() is None:
+            rx.kill()
+            rx.wait()
+    try:
+        sent, got = json.loads(tx.stdout), json.loads(out)
+    except ValueError as e:
+        raise BenchError(f"e2e-udpgen: {(tx.stderr or err).strip()[-300:]}") from e
+    lost = 100.0 * max(0, sent["sent"] - got["received"]) / sent["sent"] if sent["sent"] else None
+    return (got["pps"] / 1e3 if got["seconds"] > 0 else None), lost
 
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -493,15 +521,21 @@ def perf_report(data, *extra):
     return "\n".join(line for line in lines if line and not line.startswith("#")) + "\n"
 
 
-def profile(lab, topo, cpus, duration, out_dir, name):
-    """System-wide perf profile while one TCP stream runs; the breakdown by
-    thread, and sluiced's top symbols, go to profile-NAME.txt."""
+def profile(lab, topo, cpus, duration, out_dir, name, load):
+    """System-wide perf profile while `load` runs (one TCP stream, or 64-byte
+    UDP); the breakdown by thread, and sluiced's top symbols, go to
+    profile-NAME.txt."""
     data = os.path.join(lab.workdir, f"perf-{name}.data")
     perf = subprocess.Popen(["perf", "record", "-a", "-e", "cpu-clock", "-F", "1999", "-o", data, "--",
                              "sleep", str(duration)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     time.sleep(0.2)
     try:
-        gbps = measure_tcp(lab, topo, cpus, max(1, duration - 1), 1)[0]
+        if load == "udp64":
+            rate = measure_udp(lab, topo, cpus, max(1, duration - 1))[0]
+            what = f"iperf3 64-byte UDP ({name}, {rate or 0:.0f} kpps delivered)"
+        else:
+            rate = measure_tcp(lab, topo, cpus, max(1, duration - 1), 1)[0]
+            what = f"one iperf3 TCP stream ({name}, {rate:.2f} Gbit/s)"
     finally:
         _, err = perf.communicate(timeout=duration + 60)
     if perf.returncode != 0:
@@ -509,16 +543,20 @@ def profile(lab, topo, cpus, duration, out_dir, name):
     pids = ",".join(str(p.pid) for _, p in topo.sluiced)
     txt = os.path.join(out_dir, f"profile-{name}.txt")
     with open(txt, "w") as f:
-        f.write(f"perf record -a -e cpu-clock, {duration} s, during one iperf3 TCP stream ({name}, "
-                f"{gbps:.2f} Gbit/s). Percentages are of all CPUs' time, except in the sluiced sections: "
+        f.write(f"perf record -a -e cpu-clock, {duration} s, during {what}. Percentages are of all CPUs' time, except in the sluiced sections: "
                 "there they are of sluiced's own time.\n\n")
         f.write("== By thread name (all processes)\n")
         f.write(perf_report(data, "--sort", "comm"))
+        f.write("\n== By CPU and thread name\n")
+        f.write(perf_report(data, "--sort", "cpu,comm"))
         if pids:
             f.write("\n== sluiced: where its time goes (its code, libc, the kernel on its behalf)\n")
             f.write(perf_report(data, "--pid", pids, "--percentage", "relative", "--sort", "comm,dso"))
             f.write("\n== sluiced: top symbols\n")
             f.write(perf_report(data, "--pid", pids, "--percentage", "relative", "--sort", "dso,sym"))
+            for i, (_, p) in enumerate(topo.sluiced, 1):
+                f.write(f"\n== sluiced of node {i}: top symbols\n")
+                f.write(perf_report(data, "--pid", str(p.pid), "--percentage", "relative", "--sort", "dso,sym"))
         f.write("\n== Everything: top symbols\n")
         f.write(perf_report(data, "--sort", "comm,dso,sym"))
     return txt
@@ -542,6 +580,8 @@ def measure_variant(v, args, cpus, tool, prefix, workdir):
         # CPU s/GB of the whole machine before other people's work is taken
         # out, and how many CPUs that work kept busy, per one-stream TCP run.
         "cpu_raw_s_per_gb": [], "foreign_cpus": [],
+        # Share of the 64-byte datagrams sent that never arrived, per run.
+        "udp64_lost_pct": [], "udpgen_lost_pct": [],
     }
     build = {"ceiling": topo_veth, "kernel": topo_kernel, "sluice": topo_sluice}[v["kind"]]
     t0 = time.time()
@@ -556,6 +596,7 @@ def measure_variant(v, args, cpus, tool, prefix, workdir):
                 ("tcp1", lambda: measure_tcp(lab, topo, cpus, args.duration, 1)),
                 ("tcp4", lambda: measure_tcp(lab, topo, cpus, args.duration, 4)),
                 ("udp64", lambda: measure_udp(lab, topo, cpus, args.duration)),
+                ("udpgen", lambda: measure_udpgen(lab, topo, cpus, args.duration, args.bin)),
                 ("rr", lambda: measure_rr(lab, topo, cpus, args.duration, tool)),
             ]
             for step, fn in steps:
@@ -574,12 +615,14 @@ def measure_variant(v, args, cpus, tool, prefix, workdir):
                     res["foreign_cpus"].append(r[3])
                 elif step == "tcp4":
                     res["runs"]["tcp4_gbps"].append(r[0])
-                elif step == "udp64":
-                    res["runs"]["udp64_kpps"].append(r)
+                elif step in ("udp64", "udpgen"):
+                    res["runs"][f"{step}_kpps"].append(r[0])
+                    res[f"{step}_lost_pct"].append(r[1])
                 else:
                     res["runs"]["rr_p50_us"].append(r)
             log(f"    rep {rep + 1}/{args.reps}: " + "  ".join(
-                f"{k}={res['runs'][k][-1]:.2f}" for k, *_ in METRICS if res["runs"][k]))
+                f"{k}={fmt(res['runs'][k][-1], 2)}" for k, *_ in METRICS if res["runs"][k])
+                + "".join(f"  {k}={fmt(res[k][-1], 1)}" for k in ("udp64_lost_pct", "udpgen_lost_pct") if res[k]))
         if topo.sluiced:
             # The daemons' counters (drops by reason, per-port packets) next
             # to the results, for reading why a row is slow.
@@ -593,7 +636,7 @@ def measure_variant(v, args, cpus, tool, prefix, workdir):
             hwm = [h for h in hwm if h is not None]
             res["sluiced_vmhwm_kib"] = max(hwm) if hwm else None
         if v["name"] in args.profile:
-            txt = profile(lab, topo, cpus, max(args.duration, 4), args.out, v["name"])
+            txt = profile(lab, topo, cpus, max(args.duration, 4), args.out, v["name"], args.profile_load)
             res["profile"] = os.path.relpath(txt, args.out)
             log(f"    profile: {txt}")
     except BenchError as e:
@@ -653,7 +696,10 @@ def markdown(results):
         "built in (nothing kernel-side to compare with); IPIP carries 30 bytes less overhead per packet than VXLAN.",
         "",
         "- **TCP**: iperf3, one stream and `-P 4`, receiver's Gbit/s. **UDP 64 B**: `iperf3 -u -l 64 -b 0`, packets "
-        "the receiver got per second (sent minus lost). **TCP RR**: " + (
+        "the receiver got per second (sent minus lost). **UDP 64 B sendmmsg**: the same load from `e2e-udpgen` "
+        "(bench/e2e/udpgen.rs: one `sendmmsg` per 64 datagrams, counted with `recvmmsg`), where iperf3's own "
+        "per-datagram cost would be the bottleneck; results.json has the share lost for both (`*_lost_pct`). "
+        "**TCP RR**: " + (
             "sockperf ping-pong over TCP, median round trip."
             if meta["rr_tool"] == "sockperf" else
             "bench/e2e/pingpong.py (sockperf not installed), median round trip; includes Python's own cost.")
@@ -771,6 +817,8 @@ def main(argv):
     ap.add_argument("--sluiced-set", action="append", default=[], metavar="KEY=VALUE",
                     help="a sluiced setting for every Sluice node, as a TOML line (e.g. busy_poll_us=50); repeatable")
     ap.add_argument("--profile", default="", help="comma-separated variants to profile with perf after measuring")
+    ap.add_argument("--profile-load", choices=["tcp1", "udp64"], default="tcp1",
+                    help="the traffic a --profile records: one TCP stream (default) or 64-byte UDP")
     ap.add_argument("--wait-quiet", type=float,
                     help="before each variant wait up to this many seconds for other work on the machine to stop "
                          "(default 20; 5 with --quick)")
@@ -804,6 +852,8 @@ def main(argv):
     bad = [n for n in args.profile if n not in names]
     if bad:
         raise SystemExit(f"--profile: {', '.join(bad)} is not among the variants measured ({', '.join(names)})")
+    if "udpgen" in args.metrics and not os.access(os.path.join(args.bin, "e2e-udpgen"), os.X_OK):
+        raise SystemExit(f"{args.bin}/e2e-udpgen missing: build with `cargo build --release --workspace --bins`")
     if any(known[n][1] == "sluice" for n in names):
         for b in ("sluiced", "sluicectl", "sluice"):
             if not os.access(os.path.join(args.bin, b), os.X_OK):
