@@ -171,6 +171,8 @@ pub struct Config {
     pub conntrack_size: u32,
     #[serde(default = "default_busy_poll_us", deserialize_with = "de_busy_poll")]
     pub busy_poll_us: u32,
+    #[serde(default = "default_yield_on_delivery")]
+    pub yield_on_delivery: bool,
     #[serde(default = "default_log_level")]
     pub log_level: String,
     #[serde(default)]
@@ -255,6 +257,8 @@ pub struct Resolved {
     pub conntrack_size: u32,
     /// How long a worker keeps polling after its last packet before it sleeps.
     pub busy_poll: Duration,
+    /// Whether a worker gives up its CPU after delivering to a pod or the node.
+    pub yield_on_delivery: bool,
     pub log_level: String,
     pub peers: Vec<ResolvedPeer>,
     pub datastore: DatastoreConfig,
@@ -454,6 +458,7 @@ impl Config {
             host_ifname: self.host_ifname.clone(),
             conntrack_size: self.conntrack_size,
             busy_poll: Duration::from_micros(u64::from(self.busy_poll_us)),
+            yield_on_delivery: self.yield_on_delivery,
             log_level: self.log_level.clone(),
             peers: self
                 .peers
@@ -797,6 +802,10 @@ fn default_host_port() -> bool {
 fn default_host_ifname() -> String {
     "sluice0".into()
 }
+fn default_yield_on_delivery() -> bool {
+    true
+}
+
 fn default_busy_poll_us() -> u32 {
     30
 }
@@ -1189,6 +1198,13 @@ pod_cidr = "198.19.1.0/24"
 # about 15 us of latency per hop when the next packet comes. 0 sleeps at once.
 # busy_poll_us = 30
 
+# After a round that delivered packets to a pod (or to the node through the
+# host port), give up the CPU so that the receiving application can run before
+# the worker goes on. Where workers share cores with pods, a worker that keeps
+# the CPU delivers faster than the application reads, and its socket overflows.
+# On cores of their own workers find nobody to yield to.
+# yield_on_delivery = true
+
 # Attach the node's own network stack to the dataplane through a TAP device,
 # so that the host (kubelet probes, hostNetwork pods) can reach pods.
 # host_port = true
@@ -1303,6 +1319,7 @@ mod tests {
         assert_eq!(c.host_ifname, "sluice0");
         assert_eq!(c.conntrack_size, 262_144);
         assert_eq!(c.busy_poll_us, 30);
+        assert!(c.yield_on_delivery);
         assert_eq!(c.log_level, "info");
         assert!(c.peers.is_empty());
         assert_eq!(c.datastore, Datastore::File);
@@ -1335,6 +1352,7 @@ host_port = false
 host_ifname = "sl0"
 conntrack_size = 4096
 busy_poll_us = 0
+yield_on_delivery = false
 log_level = "debug,sluice_dataplane::stage=trace"
 datastore = "etcd"
 etcd_endpoints = ["https://198.18.0.10:2379", "http://198.18.0.11:2379/"]
@@ -1357,6 +1375,7 @@ vtep_mac = "02:00:00:00:00:08"
         assert_eq!(c.uplink_backend, UplinkBackend::AfXdp);
         assert_eq!(c.metrics_listen.port(), 9200);
         assert_eq!(c.busy_poll_us, 0);
+        assert!(!c.yield_on_delivery);
         assert_eq!(c.datastore, Datastore::Etcd);
         assert_eq!(c.etcd_endpoints.len(), 2);
         assert_eq!(c.peers[0].vtep_mac, Some(MacAddr([2, 0, 0, 0, 0, 8])));
@@ -1409,6 +1428,7 @@ vtep_mac = "02:00:00:00:00:08"
         rejects("conntrack_size = 10", "conntrack_size", "10");
         rejects("busy_poll_us = -1", "busy_poll_us", "-1");
         rejects("busy_poll_us = 2000000", "busy_poll_us", "2000000");
+        rejects("yield_on_delivery = \"yes\"", "yield_on_delivery", "yes");
         rejects("log_level = \"loud\"", "log_level", "loud");
         rejects("log_level = \"info,=debug\"", "log_level", "info,=debug");
         rejects("datastore = \"consul\"", "datastore", "consul");

@@ -45,6 +45,15 @@ pub struct RuntimeConfig {
     /// How long a worker keeps polling after its last packet before it
     /// sleeps in epoll (busy-poll window).
     pub busy_poll: Duration,
+    /// After a round that sent frames to a port whose reader runs on this
+    /// machine ([`Port::feeds_local_reader`]: a pod or the node behind a
+    /// TAP), give up the CPU (`sched_yield`) so that reader can take them
+    /// before the worker goes on. Where the worker shares its core with the
+    /// pods, a busy-polling worker otherwise keeps the receiving application
+    /// off the CPU for the rest of its time slice while it goes on
+    /// delivering, and the application's socket overflows. On a core of its
+    /// own the worker finds nobody to yield to and carries on at once.
+    pub yield_on_delivery: bool,
     /// Frames taken from one port per round.
     pub burst: usize,
     /// Buffers per worker.
@@ -65,6 +74,7 @@ impl Default for RuntimeConfig {
             // sender that shares the worker's core: 64-byte UDP through the
             // socket uplink fell from 105-114 kpps at 30 us to 77-78 at 200.
             busy_poll: Duration::from_micros(30),
+            yield_on_delivery: true,
             burst: 64,
             pool_size: 4096,
             buf_size: DEFAULT_BUF_SIZE,
@@ -99,6 +109,9 @@ pub struct WorkerStats {
     pub busy_polls: u64,
     pub idle_polls: u64,
     pub sleeps: u64,
+    /// Rounds after which the worker gave up its CPU to a local reader
+    /// ([`RuntimeConfig::yield_on_delivery`]).
+    pub yields: u64,
     /// Packets handed to other workers.
     pub handoff_out: u64,
     /// Fresh buffers allocated because the pool ran dry.
@@ -255,6 +268,7 @@ impl Runtime {
                 captures: Vec::new(),
                 tracer: None,
                 epoch: Instant::now(),
+                delivered_local: false,
                 owners: port_owner.clone(),
                 stats: WorkerStats {
                     worker: i,
@@ -456,6 +470,8 @@ struct OwnedPort {
     name: String,
     port: BoxPort,
     has_fd: bool,
+    /// [`Port::feeds_local_reader`], asked once.
+    local_reader: bool,
     stats: PortStats,
 }
 
@@ -487,6 +503,8 @@ struct Worker<P: Policy> {
     tracer: Option<Sender<TraceRecord>>,
     /// Origin of the monotonic `now` handed to the pipeline.
     epoch: Instant,
+    /// This round sent frames to a port with a local reader.
+    delivered_local: bool,
 }
 
 /// Sends `q` on `op`, which is left empty, and counts the outcome.
@@ -610,6 +628,10 @@ impl<P: Policy> Worker<P> {
             if work > 0 {
                 last_work = now;
                 self.stats.busy_polls += 1;
+                if std::mem::take(&mut self.delivered_local) && self.cfg.yield_on_delivery {
+                    self.stats.yields += 1;
+                    std::thread::yield_now();
+                }
             } else {
                 self.stats.idle_polls += 1;
             }
@@ -650,6 +672,7 @@ impl<P: Policy> Worker<P> {
                     }
                     let name = port.name().to_owned();
                     let has_fd = port.rx_fd().is_some();
+                    let local_reader = port.feeds_local_reader();
                     if self.ports.len() <= id.index() {
                         self.ports.resize_with(id.index() + 1, || None);
                     }
@@ -658,6 +681,7 @@ impl<P: Policy> Worker<P> {
                         name,
                         port,
                         has_fd,
+                        local_reader,
                         stats: PortStats::default(),
                     });
                     // Frames may already wait (edge-triggered epoll saw none yet).
@@ -799,6 +823,7 @@ impl<P: Policy> Worker<P> {
             stats,
             id,
             captures,
+            delivered_local,
             ..
         } = self;
         for (port, q) in tx.pending() {
@@ -807,6 +832,7 @@ impl<P: Policy> Worker<P> {
                     if !captures.is_empty() {
                         copy_out(captures, port, q, false);
                     }
+                    *delivered_local |= op.local_reader && !q.is_empty();
                     if !op.port.takes_superframes() && q.iter().any(|p| p.meta.is_superframe()) {
                         transmit_cut(op, pool, q, cut, stats);
                     } else {
@@ -917,6 +943,8 @@ mod tests {
     /// A port fed from a shared queue (so the test can push while a worker owns it).
     struct QueuePort {
         name: String,
+        /// Stands for a TAP: a reader on this machine.
+        local: bool,
         rx: Arc<Mutex<VecDeque<Vec<u8>>>>,
         tx: Arc<Mutex<Vec<Vec<u8>>>>,
     }
@@ -950,6 +978,9 @@ mod tests {
             }
             Ok(n)
         }
+        fn feeds_local_reader(&self) -> bool {
+            self.local
+        }
     }
 
     type Frames = Arc<Mutex<VecDeque<Vec<u8>>>>;
@@ -961,6 +992,7 @@ mod tests {
         (
             QueuePort {
                 name: name.into(),
+                local: false,
                 rx: rx.clone(),
                 tx: tx.clone(),
             },
@@ -1046,5 +1078,57 @@ mod tests {
             st.sleeps
         );
         rt.stop();
+    }
+
+    #[test]
+    fn worker_yields_after_delivering_to_a_local_reader_only() {
+        // (a2 has a local reader, the setting) -> whether rounds end in a yield.
+        for (local, setting, yields) in [
+            (true, true, true),
+            (false, true, false),
+            (true, false, false),
+        ] {
+            let tables = testkit::node_a(Mode::Vxlan, 0, 0);
+            let cfg = RuntimeConfig {
+                pin: false,
+                pool_size: 256,
+                yield_on_delivery: setting,
+                ..Default::default()
+            };
+            let rt = Runtime::start(&cfg, &tables, || AllowAll).unwrap();
+            let (a1, a1_rx, _) = qport("a1");
+            let (mut a2, _, a2_tx) = qport("a2");
+            a2.local = local;
+            rt.add_port(testkit::POD_A1_PORT, Box::new(a1)).unwrap();
+            rt.add_port(testkit::POD_A2_PORT, Box::new(a2)).unwrap();
+            for i in 0..20u16 {
+                let f = testkit::udp_frame(
+                    testkit::POD_A1_MAC,
+                    crate::table::GATEWAY_MAC,
+                    testkit::POD_A1,
+                    testkit::POD_A2,
+                    1000 + i,
+                    80,
+                    60,
+                );
+                a1_rx.lock().unwrap().push_back(f);
+                // One frame per round: wait until it is through.
+                wait_for(|| a2_tx.lock().unwrap().len() == usize::from(i) + 1);
+            }
+            wait_for(|| rt.stats()[0].busy_polls >= 20);
+            let st = &rt.stats()[0];
+            if yields {
+                assert!(st.yields >= 20, "{} yields after 20 deliveries", st.yields);
+                assert!(
+                    st.yields <= st.busy_polls,
+                    "{} yields, {} busy rounds",
+                    st.yields,
+                    st.busy_polls
+                );
+            } else {
+                assert_eq!(st.yields, 0, "local reader {local}, setting {setting}");
+            }
+            rt.stop();
+        }
     }
 }

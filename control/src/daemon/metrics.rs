@@ -351,7 +351,7 @@ const PORT_COUNTERS: [PortField; 13] = [
 
 type WorkerField = (&'static str, &'static str, fn(&WorkerStats) -> u64);
 
-const WORKER_COUNTERS: [WorkerField; 7] = [
+const WORKER_COUNTERS: [WorkerField; 8] = [
     (
         "worker_busy_polls",
         "Worker loop iterations that found packets",
@@ -366,6 +366,11 @@ const WORKER_COUNTERS: [WorkerField; 7] = [
         "worker_sleeps",
         "Times a worker slept in epoll after spinning idle",
         |w| w.sleeps,
+    ),
+    (
+        "worker_yields",
+        "Times a worker gave up its CPU after delivering to a pod or the node",
+        |w| w.yields,
     ),
     (
         "worker_rx_packets",

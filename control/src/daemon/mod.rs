@@ -69,6 +69,9 @@ pub struct Settings {
     pub conntrack_size: usize,
     /// How long a worker polls after its last packet before it sleeps.
     pub busy_poll: Duration,
+    /// Yield the CPU after delivering to a local reader (see
+    /// [`RuntimeConfig::yield_on_delivery`]).
+    pub yield_on_delivery: bool,
     pub peers: Vec<PeerSpec>,
     /// When the state file and its backup are both unusable, set them aside and
     /// rebuild the endpoints from the pod TAPs (`sluiced --recover`, see [`recover`]).
@@ -127,6 +130,7 @@ impl Settings {
             host_ifname: r.host_ifname.clone(),
             conntrack_size: r.conntrack_size as usize,
             busy_poll: r.busy_poll,
+            yield_on_delivery: r.yield_on_delivery,
             peers: r
                 .peers
                 .iter()
@@ -247,6 +251,7 @@ pub fn run(s: Settings, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
     let rt_cfg = RuntimeConfig {
         workers: s.workers,
         busy_poll: s.busy_poll,
+        yield_on_delivery: s.yield_on_delivery,
         ..RuntimeConfig::default()
     };
     let ct = conntrack::Config {

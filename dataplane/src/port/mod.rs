@@ -39,6 +39,16 @@ pub trait Port {
         false
     }
 
+    /// Whether what [`Port::tx_burst`] sends is read by a task on this
+    /// machine that may share the worker's CPU: a pod's network stack and
+    /// application behind a TAP, or the node's. After a round that sent to
+    /// such a port the worker yields its CPU (see
+    /// [`crate::runtime::RuntimeConfig::yield_on_delivery`]). Default: no (an
+    /// uplink's reader is another machine).
+    fn feeds_local_reader(&self) -> bool {
+        false
+    }
+
     /// A file descriptor that becomes readable when frames wait, for sleeping in
     /// epoll when idle; `None` for ports that cannot wake a sleeper.
     fn rx_fd(&self) -> Option<RawFd> {

@@ -793,6 +793,10 @@ impl Port for Tap {
         Some(self.fd.as_raw_fd())
     }
 
+    fn feeds_local_reader(&self) -> bool {
+        true
+    }
+
     fn takes_superframes(&self) -> bool {
         true
     }
