@@ -282,6 +282,18 @@ fn stage(c: &mut Criterion) {
     g.bench_function("ipv4_verify_checksum", |b| {
         b.iter(|| checksum::sum(black_box(&f[14..34])) == 0xffff)
     });
+    // The payload sums of segmentation and of verifying a joined superframe:
+    // one MSS-sized segment and a whole 64 KB superframe.
+    let data: Vec<u8> = (0..65_536u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    for len in [1448, 65_536] {
+        g.throughput(criterion::Throughput::Bytes(len as u64));
+        g.bench_function(format!("checksum_sum_{len}"), |b| {
+            b.iter(|| checksum::sum(black_box(&data[..len])))
+        });
+    }
+    g.throughput(criterion::Throughput::Elements(1));
     g.bench_function("ipv4_ttl_decrement", |b| {
         let mut f = f.clone();
         b.iter(|| {

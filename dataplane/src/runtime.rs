@@ -3,11 +3,15 @@
 //!
 //! A worker learns which of its ports have frames waiting from epoll (one
 //! `epoll_wait(0)` per loop instead of a `read` per port), busy-polls while
-//! traffic flows, and once `busy_poll` has passed without work sleeps in epoll until a
-//! port's fd becomes readable or the control plane wakes it, so an idle node
-//! costs close to nothing. The control plane talks to workers through a
-//! command channel plus an eventfd waker; tables reach them through
-//! [`TableHandle`] snapshots, never through a lock.
+//! traffic flows, and once `busy_poll` has passed without work sleeps in epoll
+//! until a port's fd becomes readable or the control plane wakes it, so an idle
+//! node costs close to nothing. After a round that delivered to a pod or the
+//! node (a TAP) it yields its CPU once, so that a reader sharing the core takes
+//! what it was given before the worker goes on (`yield_on_delivery`).
+//!
+//! The control plane talks to workers through a command channel plus an
+//! eventfd waker; tables reach them through [`TableHandle`] snapshots, never
+//! through a lock.
 //!
 //! A packet whose output port belongs to another worker is handed over through
 //! a lock-free ring from its worker to the owner (one ring per ordered pair of
