@@ -543,8 +543,8 @@ def profile(lab, topo, cpus, duration, out_dir, name, load):
     pids = ",".join(str(p.pid) for _, p in topo.sluiced)
     txt = os.path.join(out_dir, f"profile-{name}.txt")
     with open(txt, "w") as f:
-        f.write(f"perf record -a -e cpu-clock, {duration} s, during {what}. Percentages are of all CPUs' time, except in the sluiced sections: "
-                "there they are of sluiced's own time.\n\n")
+        f.write(f"perf record -a -e cpu-clock, {duration} s, during {what}. Percentages are of all CPUs' time, "
+                "except in the sluiced sections: there they are of sluiced's own time.\n\n")
         f.write("== By thread name (all processes)\n")
         f.write(perf_report(data, "--sort", "comm"))
         f.write("\n== By CPU and thread name\n")
