@@ -5,8 +5,8 @@
 //! between them; where the path is cheaper than that (the kernel rows, whose
 //! forwarding runs in the sender's system call) iperf3 measures itself. This
 //! sends batches of datagrams with one `sendmmsg(2)` each and counts them with
-//! `recvmmsg(2)`; every datagram carries a sequence number, so the receiver
-//! knows how many were sent without being told.
+//! `recvmmsg(2)` (the dataplane's [`Mmsg`]); every datagram carries a sequence
+//! number, so the receiver knows how many were sent without being told.
 //!
 //! ```text
 //! e2e-udpgen recv ADDR:PORT SECONDS                 # prints one JSON line
@@ -21,13 +21,14 @@
 //! without it the sender sends as fast as its socket takes datagrams.
 
 use std::io;
-use std::mem;
 use std::net::{SocketAddrV4, UdpSocket};
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use nix::libc;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::socket::{setsockopt, sockopt};
+use sluice_dataplane::sys::packet::Mmsg;
 
 /// Bytes of the sequence number at the start of each payload.
 const SEQ_LEN: usize = 8;
@@ -128,61 +129,18 @@ fn parse(args: Vec<String>) -> Result<Cmd, GenError> {
     }
 }
 
-/// `count` buffers of `size` bytes and the `mmsghdr`s that point at them.
-struct Batch {
-    bufs: Vec<u8>,
-    iovs: Vec<libc::iovec>,
-    msgs: Vec<libc::mmsghdr>,
-    size: usize,
-}
-
-impl Batch {
-    fn new(count: usize, size: usize) -> Batch {
-        let mut b = Batch {
-            bufs: vec![0; count * size],
-            iovs: Vec::with_capacity(count),
-            msgs: Vec::with_capacity(count),
-            size,
-        };
-        for chunk in b.bufs.chunks_mut(size) {
-            b.iovs.push(libc::iovec {
-                iov_base: chunk.as_mut_ptr().cast(),
-                iov_len: size,
-            });
-        }
-        for iov in &mut b.iovs {
-            // SAFETY: mmsghdr is plain data; all-zero is a valid value.
-            let mut m: libc::mmsghdr = unsafe { mem::zeroed() };
-            m.msg_hdr.msg_iov = iov;
-            m.msg_hdr.msg_iovlen = 1;
-            b.msgs.push(m);
-        }
-        b
-    }
-
-    fn set_seq(&mut self, i: usize, seq: u64) {
-        let at = i * self.size;
-        self.bufs[at..at + SEQ_LEN].copy_from_slice(&seq.to_le_bytes());
-    }
-
-    fn seq(&self, i: usize) -> Option<u64> {
-        let len = self.msgs[i].msg_len as usize;
-        let at = i * self.size;
-        (len >= SEQ_LEN).then(|| {
-            u64::from_le_bytes(
-                self.bufs[at..at + SEQ_LEN]
-                    .try_into()
-                    .expect("SEQ_LEN bytes"),
-            )
-        })
-    }
-}
-
 #[derive(Debug, Default, PartialEq)]
 struct SendReport {
     sent: u64,
     errors: u64,
     seconds: f64,
+}
+
+/// Waits up to 100 ms for `sock` to be ready for `what`.
+fn wait_ready(sock: &UdpSocket, what: PollFlags) {
+    let mut fds = [PollFd::new(sock.as_fd(), what)];
+    // An error (EINTR) or a timeout: the caller looks at the clock and tries again.
+    let _ = poll(&mut fds, PollTimeout::from(100u8));
 }
 
 fn send(
@@ -195,42 +153,44 @@ fn send(
     let err = |what| move |source| GenError::Socket { what, addr, source };
     let sock = UdpSocket::bind("0.0.0.0:0").map_err(err("bind for"))?;
     sock.connect(addr).map_err(err("connect to"))?;
-    let fd = sock.as_raw_fd();
-    let mut b = Batch::new(batch, size);
+    let mut bufs = vec![0u8; batch * size];
+    let mut mmsg = Mmsg::new(batch);
     let mut r = SendReport::default();
     let start = Instant::now();
     let end = start + Duration::from_secs(secs);
     // With --rate: when the next batch is due.
     let interval = rate.map(|pps| Duration::from_secs_f64(batch as f64 / pps as f64));
     let mut due = start;
-    loop {
-        let now = Instant::now();
-        if now >= end {
-            break;
-        }
+    while Instant::now() < end {
         if let Some(step) = interval {
+            let now = Instant::now();
             if now < due {
                 std::thread::sleep(due - now);
             }
             due += step;
         }
-        for i in 0..batch {
-            b.set_seq(i, r.sent + i as u64);
+        for (i, d) in bufs.chunks_mut(size).enumerate() {
+            d[..SEQ_LEN].copy_from_slice(&(r.sent + i as u64).to_le_bytes());
         }
         let mut off = 0;
-        while off < batch {
-            // SAFETY: the messages point into `b.bufs` (via `b.iovs`), which
-            // outlive the call; `batch - off` messages from `off` exist.
-            let n =
-                unsafe { libc::sendmmsg(fd, b.msgs[off..].as_mut_ptr(), (batch - off) as u32, 0) };
-            if n < 0 {
+        while off < batch && Instant::now() < end {
+            match mmsg.send(sock.as_fd(), bufs.chunks(size).skip(off)) {
+                Ok(n) => {
+                    off += n;
+                    r.sent += n as u64;
+                }
+                // The socket's send buffer is full: wait for room.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    wait_ready(&sock, PollFlags::POLLOUT)
+                }
                 // ECONNREFUSED: an ICMP error for an earlier datagram (the
-                // receiver not up yet); ENOBUFS: a full queue. Count and go on.
-                r.errors += 1;
-                break;
+                // receiver not up yet); ENOBUFS: a full device queue. Count,
+                // and go on with the next batch.
+                Err(_) => {
+                    r.errors += 1;
+                    break;
+                }
             }
-            off += n as usize;
-            r.sent += n as u64;
         }
     }
     r.seconds = start.elapsed().as_secs_f64();
@@ -245,31 +205,21 @@ struct RecvReport {
     seconds: f64,
 }
 
+/// Datagrams per `recvmmsg`, and the room for each.
+const RECV_BATCH: usize = 256;
+const RECV_ROOM: usize = 2048;
+
 fn recv(addr: SocketAddrV4, secs: u64) -> Result<RecvReport, GenError> {
     let err = |what| move |source| GenError::Socket { what, addr, source };
     let sock = UdpSocket::bind(addr).map_err(err("bind"))?;
-    sock.set_read_timeout(Some(Duration::from_millis(100)))
-        .map_err(err("timeout on"))?;
-    let fd = sock.as_raw_fd();
     // A deep queue so that a descheduled receiver does not lose what the path
     // delivered (root may exceed rmem_max; otherwise the plain option applies).
-    let bytes: libc::c_int = 16 << 20;
-    for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
-        // SAFETY: a c_int option value of the right size.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                opt,
-                (&bytes as *const libc::c_int).cast(),
-                mem::size_of::<libc::c_int>() as u32,
-            )
-        };
-        if rc == 0 {
-            break;
-        }
+    let bytes = 16 << 20;
+    if setsockopt(&sock, sockopt::RcvBufForce, &bytes).is_err() {
+        let _ = setsockopt(&sock, sockopt::RcvBuf, &bytes);
     }
-    let mut b = Batch::new(MAX_BATCH.min(256), 2048);
+    let mut bufs = vec![0u8; RECV_BATCH * RECV_ROOM];
+    let mut mmsg = Mmsg::new(RECV_BATCH);
     let mut r = RecvReport::default();
     let started = Instant::now();
     let (mut first, mut last) = (None::<Instant>, started);
@@ -290,26 +240,24 @@ fn recv(addr: SocketAddrV4, secs: u64) -> Result<RecvReport, GenError> {
             }
             _ => {}
         }
-        // SAFETY: as in send(): the messages point into `b.bufs`.
-        let n = unsafe {
-            libc::recvmmsg(
-                fd,
-                b.msgs.as_mut_ptr(),
-                b.msgs.len() as u32,
-                libc::MSG_WAITFORONE,
-                std::ptr::null_mut(),
-            )
+        let n = match mmsg.recv(sock.as_fd(), bufs.chunks_mut(RECV_ROOM)) {
+            Ok(n) if n > 0 => n,
+            _ => {
+                // Nothing waiting: sleep until something is, or look at the
+                // clock again after 100 ms.
+                wait_ready(&sock, PollFlags::POLLIN);
+                continue;
+            }
         };
-        if n <= 0 {
-            continue; // the read timeout: look at the clock again
-        }
         let t = Instant::now();
         first.get_or_insert(t);
         last = t;
-        for i in 0..n as usize {
+        for (i, d) in bufs.chunks(RECV_ROOM).take(n).enumerate() {
             r.received += 1;
-            if let Some(s) = b.seq(i) {
-                r.sent_seen = r.sent_seen.max(s.saturating_add(1));
+            let len = mmsg.received(i).map_or(0, |m| m.len);
+            if len >= SEQ_LEN {
+                let seq = u64::from_le_bytes(d[..SEQ_LEN].try_into().expect("SEQ_LEN bytes"));
+                r.sent_seen = r.sent_seen.max(seq.saturating_add(1));
             }
         }
     }
