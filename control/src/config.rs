@@ -805,7 +805,6 @@ fn default_host_ifname() -> String {
 fn default_yield_on_delivery() -> bool {
     true
 }
-
 fn default_busy_poll_us() -> u32 {
     30
 }

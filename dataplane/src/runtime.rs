@@ -1005,6 +1005,20 @@ mod tests {
         )
     }
 
+    /// A UDP frame of `len` bytes from pod a1 to pod a2 on node A, from port
+    /// `sport`.
+    fn a1_to_a2(sport: u16, len: usize) -> Vec<u8> {
+        testkit::udp_frame(
+            testkit::POD_A1_MAC,
+            crate::table::GATEWAY_MAC,
+            testkit::POD_A1,
+            testkit::POD_A2,
+            sport,
+            9,
+            len,
+        )
+    }
+
     fn wait_for(mut f: impl FnMut() -> bool) {
         let t = Instant::now();
         while !f() {
@@ -1030,16 +1044,7 @@ mod tests {
             rt.add_port(testkit::POD_A1_PORT, Box::new(a1)).unwrap();
             rt.add_port(testkit::POD_A2_PORT, Box::new(a2)).unwrap();
             for i in 0..100u16 {
-                let f = testkit::udp_frame(
-                    testkit::POD_A1_MAC,
-                    crate::table::GATEWAY_MAC,
-                    testkit::POD_A1,
-                    testkit::POD_A2,
-                    i,
-                    9,
-                    80,
-                );
-                a1_rx.lock().unwrap().push_back(f);
+                a1_rx.lock().unwrap().push_back(a1_to_a2(i, 80));
             }
             rt.wake_all();
             wait_for(|| a2_tx.lock().unwrap().len() == 100);
@@ -1106,16 +1111,7 @@ mod tests {
             rt.add_port(testkit::POD_A1_PORT, Box::new(a1)).unwrap();
             rt.add_port(testkit::POD_A2_PORT, Box::new(a2)).unwrap();
             for i in 0..20u16 {
-                let f = testkit::udp_frame(
-                    testkit::POD_A1_MAC,
-                    crate::table::GATEWAY_MAC,
-                    testkit::POD_A1,
-                    testkit::POD_A2,
-                    1000 + i,
-                    80,
-                    60,
-                );
-                a1_rx.lock().unwrap().push_back(f);
+                a1_rx.lock().unwrap().push_back(a1_to_a2(1000 + i, 60));
                 // One frame per round: wait until it is through.
                 wait_for(|| a2_tx.lock().unwrap().len() == usize::from(i) + 1);
             }
