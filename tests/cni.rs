@@ -101,9 +101,10 @@ fn has_link(ns: &Netns, ifname: &str) -> bool {
     links_in(ns).iter().any(|l| l == ifname)
 }
 
-/// The pod side as ADD must leave it: the interface up with the MAC and MTU,
-/// the address as a /32, the gateway as a scope-link route and the default
-/// route through it.
+/// The pod side as ADD must leave it: the interface up with the MAC, MTU and
+/// the configured TAP queue (default 4096, the kernel's is 1000), the address
+/// as a /32, the gateway as a scope-link route and the default route through
+/// it.
 fn assert_pod_wired(ns: &Netns, ifname: &str, ip: Ipv4Addr, mac: &str, mtu: u64) {
     let link = &ip_json(ns, &["link", "show", "dev", ifname])[0];
     assert!(
@@ -114,6 +115,7 @@ fn assert_pod_wired(ns: &Netns, ifname: &str, ip: Ipv4Addr, mac: &str, mtu: u64)
         "MAC of {ifname}: {link}"
     );
     assert_eq!(link["mtu"], mtu, "MTU of {ifname}: {link}");
+    assert_eq!(link["txqlen"], 4096, "txqueuelen of {ifname}: {link}");
     let up = link["flags"]
         .as_array()
         .is_some_and(|f| f.iter().any(|x| x == "UP"));
@@ -327,7 +329,13 @@ fn add_with_other_ifname_and_custom_mtu() {
     if skip_unless_root() {
         return;
     }
-    let (_u, node) = one_node("ifn");
+    // A node with its own TAP queue length too: pod and host TAP get it.
+    let u = Underlay::new("ifn");
+    let mut node = Node::new(&u, "ifn", 1, "vxlan", "socket");
+    node.extra_config += "tap_queue_len = 1000\n";
+    node.start();
+    let host = &ip_json(&node.ns, &["link", "show", "dev", "sluice0"])[0];
+    assert_eq!(host["txqlen"], 1000, "host TAP: {host}");
     let (ns, netns) = pod_netns("i");
     let cid = unique_name("ctr");
     let mut conf: Value = serde_json::from_str(&node.cni_config("1.1.0")).unwrap();
@@ -338,6 +346,7 @@ fn add_with_other_ifname_and_custom_mtu() {
     assert_eq!(r["interfaces"][0]["mtu"], 1400);
     let link = &ip_json(&ns, &["link", "show", "dev", "net1"])[0];
     assert_eq!(link["mtu"], 1400, "{link}");
+    assert_eq!(link["txqlen"], 1000, "{link}");
     let out = node.cni(
         "CHECK",
         &cid,

@@ -39,6 +39,9 @@ const CONNTRACK: RangeInclusive<i64> = 1024..=67_108_864;
 /// Busy-poll window in microseconds: none up to one second.
 const BUSY_POLL: RangeInclusive<i64> = 0..=1_000_000;
 const BLOCK_SIZE: RangeInclusive<i64> = 16..=30;
+/// TAP `txqueuelen` in frames: fewer than 64 cut a pod's burst short; more
+/// than 65536 would be tens of milliseconds of queue.
+const TAP_QUEUE: RangeInclusive<i64> = 64..=65_536;
 /// One second to one year.
 const GRACE: RangeInclusive<i64> = 1..=31_536_000;
 /// A node record's lease in etcd: long enough to ride out a keepalive or two lost.
@@ -173,6 +176,11 @@ pub struct Config {
     pub busy_poll_us: u32,
     #[serde(default = "default_yield_on_delivery")]
     pub yield_on_delivery: bool,
+    #[serde(
+        default = "default_tap_queue_len",
+        deserialize_with = "de_tap_queue_len"
+    )]
+    pub tap_queue_len: u32,
     #[serde(default = "default_log_level")]
     pub log_level: String,
     #[serde(default)]
@@ -259,6 +267,8 @@ pub struct Resolved {
     pub busy_poll: Duration,
     /// Whether a worker gives up its CPU after delivering to a pod or the node.
     pub yield_on_delivery: bool,
+    /// `txqueuelen` of the TAPs: frames a pod (or the node) may queue for a worker.
+    pub tap_queue_len: u32,
     pub log_level: String,
     pub peers: Vec<ResolvedPeer>,
     pub datastore: DatastoreConfig,
@@ -459,6 +469,7 @@ impl Config {
             conntrack_size: self.conntrack_size,
             busy_poll: Duration::from_micros(u64::from(self.busy_poll_us)),
             yield_on_delivery: self.yield_on_delivery,
+            tap_queue_len: self.tap_queue_len,
             log_level: self.log_level.clone(),
             peers: self
                 .peers
@@ -805,6 +816,9 @@ fn default_host_ifname() -> String {
 fn default_yield_on_delivery() -> bool {
     true
 }
+fn default_tap_queue_len() -> u32 {
+    4096
+}
 fn default_busy_poll_us() -> u32 {
     30
 }
@@ -974,6 +988,9 @@ fn de_conntrack_size<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
 }
 fn de_busy_poll<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
     ranged(d, BUSY_POLL)
+}
+fn de_tap_queue_len<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    ranged(d, TAP_QUEUE)
 }
 fn de_block_size<'de, D: Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
     ranged(d, BLOCK_SIZE)
@@ -1204,6 +1221,14 @@ pod_cidr = "198.19.1.0/24"
 # On cores of their own workers find nobody to yield to.
 # yield_on_delivery = true
 
+# Frames a pod (or the node, through the host port) may queue on its TAP for
+# the worker, 64..=65536 (the TAP's txqueuelen). The kernel drops what a
+# sender queues past it: no back-pressure reaches the sending socket. Where a
+# worker shares its core with the pods, frames pile up while the pod runs and
+# are taken when the worker does, so the queue must hold a scheduler slice's
+# worth; with the kernel's default of 1000 a fast sender loses more.
+# tap_queue_len = 4096
+
 # Attach the node's own network stack to the dataplane through a TAP device,
 # so that the host (kubelet probes, hostNetwork pods) can reach pods.
 # host_port = true
@@ -1319,6 +1344,7 @@ mod tests {
         assert_eq!(c.conntrack_size, 262_144);
         assert_eq!(c.busy_poll_us, 30);
         assert!(c.yield_on_delivery);
+        assert_eq!(c.tap_queue_len, 4096);
         assert_eq!(c.log_level, "info");
         assert!(c.peers.is_empty());
         assert_eq!(c.datastore, Datastore::File);
@@ -1352,6 +1378,7 @@ host_ifname = "sl0"
 conntrack_size = 4096
 busy_poll_us = 0
 yield_on_delivery = false
+tap_queue_len = 64
 log_level = "debug,sluice_dataplane::stage=trace"
 datastore = "etcd"
 etcd_endpoints = ["https://198.18.0.10:2379", "http://198.18.0.11:2379/"]
@@ -1375,6 +1402,7 @@ vtep_mac = "02:00:00:00:00:08"
         assert_eq!(c.metrics_listen.port(), 9200);
         assert_eq!(c.busy_poll_us, 0);
         assert!(!c.yield_on_delivery);
+        assert_eq!(c.tap_queue_len, 64);
         assert_eq!(c.datastore, Datastore::Etcd);
         assert_eq!(c.etcd_endpoints.len(), 2);
         assert_eq!(c.peers[0].vtep_mac, Some(MacAddr([2, 0, 0, 0, 0, 8])));
@@ -1428,6 +1456,8 @@ vtep_mac = "02:00:00:00:00:08"
         rejects("busy_poll_us = -1", "busy_poll_us", "-1");
         rejects("busy_poll_us = 2000000", "busy_poll_us", "2000000");
         rejects("yield_on_delivery = \"yes\"", "yield_on_delivery", "yes");
+        rejects("tap_queue_len = 63", "tap_queue_len", "63");
+        rejects("tap_queue_len = 65537", "tap_queue_len", "65537");
         rejects("log_level = \"loud\"", "log_level", "loud");
         rejects("log_level = \"info,=debug\"", "log_level", "info,=debug");
         rejects("datastore = \"consul\"", "datastore", "consul");

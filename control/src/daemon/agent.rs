@@ -538,7 +538,14 @@ impl Agent {
             ip,
             netns: a.netns.clone(),
         };
-        let wired = match pod::wire(&a.netns, &a.ifname, ip, mtu, &label.encode()) {
+        let wired = match pod::wire(
+            &a.netns,
+            &a.ifname,
+            ip,
+            mtu,
+            self.settings.tap_queue_len,
+            &label.encode(),
+        ) {
             Ok(w) => w,
             Err(e) => {
                 abort(&mut self.lock());

@@ -72,6 +72,8 @@ pub struct Settings {
     /// Yield the CPU after delivering to a local reader (see
     /// [`RuntimeConfig::yield_on_delivery`]).
     pub yield_on_delivery: bool,
+    /// `txqueuelen` of the pod TAPs and the host TAP.
+    pub tap_queue_len: u32,
     pub peers: Vec<PeerSpec>,
     /// When the state file and its backup are both unusable, set them aside and
     /// rebuild the endpoints from the pod TAPs (`sluiced --recover`, see [`recover`]).
@@ -131,6 +133,7 @@ impl Settings {
             conntrack_size: r.conntrack_size as usize,
             busy_poll: r.busy_poll,
             yield_on_delivery: r.yield_on_delivery,
+            tap_queue_len: r.tap_queue_len,
             peers: r
                 .peers
                 .iter()
@@ -278,7 +281,13 @@ pub fn run(s: Settings, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
         .add_port(PortId::UPLINK, up)
         .map_err(DaemonError::Runtime)?;
     let host_mac = if s.host_port {
-        let h = net::host_port(&s.host_ifname, s.pod_mtu, s.pod_cidr, s.cluster_cidr)?;
+        let h = net::host_port(
+            &s.host_ifname,
+            s.pod_mtu,
+            s.tap_queue_len,
+            s.pod_cidr,
+            s.cluster_cidr,
+        )?;
         runtime
             .add_port(PortId::HOST, Box::new(h.tap))
             .map_err(DaemonError::Runtime)?;

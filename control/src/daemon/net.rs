@@ -164,11 +164,14 @@ pub struct HostPort {
     pub mac: MacAddr,
 }
 
-/// Creates (or takes back) the host TAP, brings it up with `mtu`, and routes
-/// the pod CIDR and the cluster CIDR through it.
+/// Creates (or takes back) the host TAP, brings it up with `mtu` and
+/// `queue_len` (its `txqueuelen`: in native mode the node's kernel queues the
+/// pods' traffic from the uplink there), and routes the pod CIDR and the
+/// cluster CIDR through it.
 pub fn host_port(
     name: &str,
     mtu: u16,
+    queue_len: u32,
     pod_cidr: Prefix,
     cluster_cidr: Prefix,
 ) -> Result<HostPort, NetError> {
@@ -199,6 +202,8 @@ pub fn host_port(
     let mut nl = Netlink::open().map_err(link("netlink"))?;
     let idx = nl.ifindex(name).map_err(link("ifindex"))?;
     nl.set_mtu(idx, u32::from(mtu)).map_err(link("MTU"))?;
+    nl.set_tx_queue_len(idx, queue_len)
+        .map_err(link("txqueuelen"))?;
     nl.set_up(idx, true).map_err(link("up"))?;
     let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), "1");
     for p in [cluster_cidr, pod_cidr] {

@@ -53,14 +53,18 @@ pub struct Wired {
 
 /// Creates the TAP directly inside `netns` under the runtime's interface name
 /// and configures it there; last, it gets `alias` (a [`super::recover::TapLabel`]
-/// that `sluiced --recover` reads back), so only a fully wired TAP carries one. (Creating it in the node's namespace and moving it
-/// costs an RTM_SETLINK that waits out an RCU grace period, 15-20 ms.) On
-/// failure, nothing is left: the TAP is deleted.
+/// that `sluiced --recover` reads back), so only a fully wired TAP carries one.
+/// (Creating it in the node's namespace and moving it costs an RTM_SETLINK that
+/// waits out an RCU grace period, 15-20 ms.) `queue_len` is the TAP's
+/// `txqueuelen`, the frames the pod may queue for the worker (see
+/// `tap_queue_len` in the configuration). On failure, nothing is left: the TAP
+/// is deleted.
 pub fn wire(
     netns: &str,
     ifname: &str,
     ip: Ipv4Addr,
     mtu: u32,
+    queue_len: u32,
     alias: &str,
 ) -> Result<Wired, PodNetError> {
     let ns = NetNs::open(netns).map_err(|source| PodNetError::Netns {
@@ -83,7 +87,7 @@ pub fn wire(
         path: netns.to_owned(),
         source,
     })??;
-    match configure(&ns, netns, ifname, ip, mtu, alias) {
+    match configure(&ns, netns, ifname, ip, mtu, queue_len, alias) {
         Ok(mac) => Ok(Wired { tap, mac }),
         Err(e) => {
             let _ = tap.delete();
@@ -98,6 +102,7 @@ fn configure(
     ifname: &str,
     ip: Ipv4Addr,
     mtu: u32,
+    queue_len: u32,
     alias: &str,
 ) -> Result<MacAddr, PodNetError> {
     let link_err = |what: &'static str| {
@@ -114,6 +119,10 @@ fn configure(
     let mac = pod_mac(ip);
     pod_nl.set_mac(idx, mac.0).map_err(link_err("MAC"))?;
     pod_nl.set_mtu(idx, mtu).map_err(link_err("MTU"))?;
+    // Before the link goes up (configure_pod_link), where no qdisc is swapped.
+    pod_nl
+        .set_tx_queue_len(idx, queue_len)
+        .map_err(link_err("txqueuelen"))?;
     pod_nl
         .configure_pod_link(idx, ip)
         .map_err(link_err("address and routes"))?;

@@ -252,6 +252,16 @@ impl Netlink {
         self.set_link("set link MTU", ifindex, msg)
     }
 
+    /// Sets the length of the device's transmit queue (`txqueuelen`). For a TAP
+    /// that is the ring of frames waiting for the reader: what the sender
+    /// queues past it is dropped. Set it while the link is down: on a link that
+    /// is up the kernel may wait out an RCU grace period to swap the qdisc.
+    pub fn set_tx_queue_len(&mut self, ifindex: u32, len: u32) -> Result<(), LinkError> {
+        let mut msg = link_msg(ifindex);
+        msg.attributes.push(LinkAttribute::TxQueueLen(len));
+        self.set_link("set link txqueuelen", ifindex, msg)
+    }
+
     /// Sets the link administratively up or down.
     pub fn set_up(&mut self, ifindex: u32, up: bool) -> Result<(), LinkError> {
         let mut msg = link_msg(ifindex);
