@@ -1226,7 +1226,8 @@ pod_cidr = "198.19.1.0/24"
 # sender queues past it: no back-pressure reaches the sending socket. Where a
 # worker shares its core with the pods, frames pile up while the pod runs and
 # are taken when the worker does, so the queue must hold a scheduler slice's
-# worth; with the kernel's default of 1000 a fast sender loses more.
+# worth; with the kernel's default of 1000 a fast sender loses more. A pod
+# keeps the queue it was attached with when sluiced restarts with another.
 # tap_queue_len = 4096
 
 # Attach the node's own network stack to the dataplane through a TAP device,
