@@ -329,13 +329,15 @@ fn add_with_other_ifname_and_custom_mtu() {
     if skip_unless_root() {
         return;
     }
-    // A node with its own TAP queue length too: pod and host TAP get it.
+    // A node with its own TAP queue length too: pod and host TAP get it (2000
+    // is neither the default 4096 nor the kernel's 1000, so only the setting
+    // can have put it there).
     let u = Underlay::new("ifn");
     let mut node = Node::new(&u, "ifn", 1, "vxlan", "socket");
-    node.extra_config += "tap_queue_len = 1000\n";
+    node.extra_config += "tap_queue_len = 2000\n";
     node.start();
     let host = &ip_json(&node.ns, &["link", "show", "dev", "sluice0"])[0];
-    assert_eq!(host["txqlen"], 1000, "host TAP: {host}");
+    assert_eq!(host["txqlen"], 2000, "host TAP: {host}");
     let (ns, netns) = pod_netns("i");
     let cid = unique_name("ctr");
     let mut conf: Value = serde_json::from_str(&node.cni_config("1.1.0")).unwrap();
@@ -346,7 +348,7 @@ fn add_with_other_ifname_and_custom_mtu() {
     assert_eq!(r["interfaces"][0]["mtu"], 1400);
     let link = &ip_json(&ns, &["link", "show", "dev", "net1"])[0];
     assert_eq!(link["mtu"], 1400, "{link}");
-    assert_eq!(link["txqlen"], 1000, "{link}");
+    assert_eq!(link["txqlen"], 2000, "{link}");
     let out = node.cni(
         "CHECK",
         &cid,
