@@ -41,6 +41,11 @@ fn pod_to_pod(mode: &str, backend: &str) {
         stats["counters"][enc].as_u64().unwrap_or(0) > 100,
         "{enc} counted: {stats}"
     );
+    // Workers run below the pods' nice (default worker_nice), and say so.
+    assert_eq!(a.worker_nices(), vec![-10], "worker threads of node A");
+    let w = &stats["workers"][0];
+    assert_eq!(w["nice"], -10, "{w}");
+    assert!(w["last_error"].is_null(), "{w}");
 }
 
 #[test]

@@ -26,6 +26,12 @@ fn unit_verifies() {
     ] {
         assert!(unit.contains(key), "unit lacks {key}");
     }
+    // Workers lower their nice (worker_nice defaults to -10): the unit must
+    // leave sluiced the capability, in the bounding and the ambient set.
+    for key in ["CapabilityBoundingSet=", "AmbientCapabilities="] {
+        let line = unit.lines().find(|l| l.starts_with(key)).unwrap();
+        assert!(line.contains("CAP_SYS_NICE"), "{line}");
+    }
     // verify checks that ExecStart's binary exists: point it at one that does.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("sluiced.service");

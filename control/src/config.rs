@@ -42,6 +42,8 @@ const BLOCK_SIZE: RangeInclusive<i64> = 16..=30;
 /// TAP `txqueuelen` in frames: fewer than 64 cut a pod's burst short; more
 /// than 65536 would be tens of milliseconds of queue.
 const TAP_QUEUE: RangeInclusive<i64> = 64..=65_536;
+/// A worker thread's nice value: what Linux takes.
+const NICE: RangeInclusive<i64> = -20..=19;
 /// One second to one year.
 const GRACE: RangeInclusive<i64> = 1..=31_536_000;
 /// A node record's lease in etcd: long enough to ride out a keepalive or two lost.
@@ -176,6 +178,8 @@ pub struct Config {
     pub busy_poll_us: u32,
     #[serde(default = "default_yield_on_delivery")]
     pub yield_on_delivery: bool,
+    #[serde(default = "default_worker_nice", deserialize_with = "de_nice")]
+    pub worker_nice: i32,
     #[serde(
         default = "default_tap_queue_len",
         deserialize_with = "de_tap_queue_len"
@@ -267,6 +271,8 @@ pub struct Resolved {
     pub busy_poll: Duration,
     /// Whether a worker gives up its CPU after delivering to a pod or the node.
     pub yield_on_delivery: bool,
+    /// Nice value of the worker threads.
+    pub worker_nice: i32,
     /// `txqueuelen` of the TAPs: frames a pod (or the node) may queue for a worker.
     pub tap_queue_len: u32,
     pub log_level: String,
@@ -469,6 +475,7 @@ impl Config {
             conntrack_size: self.conntrack_size,
             busy_poll: Duration::from_micros(u64::from(self.busy_poll_us)),
             yield_on_delivery: self.yield_on_delivery,
+            worker_nice: self.worker_nice,
             tap_queue_len: self.tap_queue_len,
             log_level: self.log_level.clone(),
             peers: self
@@ -816,6 +823,9 @@ fn default_host_ifname() -> String {
 fn default_yield_on_delivery() -> bool {
     true
 }
+fn default_worker_nice() -> i32 {
+    -10
+}
 fn default_tap_queue_len() -> u32 {
     4096
 }
@@ -988,6 +998,9 @@ fn de_conntrack_size<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
 }
 fn de_busy_poll<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
     ranged(d, BUSY_POLL)
+}
+fn de_nice<'de, D: Deserializer<'de>>(d: D) -> Result<i32, D::Error> {
+    ranged(d, NICE)
 }
 fn de_tap_queue_len<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
     ranged(d, TAP_QUEUE)
@@ -1221,6 +1234,13 @@ pod_cidr = "198.19.1.0/24"
 # On cores of their own workers find nobody to yield to.
 # yield_on_delivery = true
 
+# Nice value of the worker threads, -20..=19 (0: the pods' own). Below the
+# pods', a worker sharing their core drains what they queue before they queue
+# more, as the kernel's forwarding (softirq) runs ahead of the sockets it
+# serves: a fast sender loses less at its TAP. Needs CAP_SYS_NICE; without it
+# a worker runs on at the nice it has and `sluicectl stats` says why.
+# worker_nice = -10
+
 # Frames a pod (or the node, through the host port) may queue on its TAP for
 # the worker, 64..=65536 (the TAP's txqueuelen). The kernel drops what a
 # sender queues past it: no back-pressure reaches the sending socket. Where a
@@ -1345,6 +1365,7 @@ mod tests {
         assert_eq!(c.conntrack_size, 262_144);
         assert_eq!(c.busy_poll_us, 30);
         assert!(c.yield_on_delivery);
+        assert_eq!(c.worker_nice, -10);
         assert_eq!(c.tap_queue_len, 4096);
         assert_eq!(c.log_level, "info");
         assert!(c.peers.is_empty());
@@ -1379,6 +1400,7 @@ host_ifname = "sl0"
 conntrack_size = 4096
 busy_poll_us = 0
 yield_on_delivery = false
+worker_nice = 0
 tap_queue_len = 64
 log_level = "debug,sluice_dataplane::stage=trace"
 datastore = "etcd"
@@ -1403,6 +1425,7 @@ vtep_mac = "02:00:00:00:00:08"
         assert_eq!(c.metrics_listen.port(), 9200);
         assert_eq!(c.busy_poll_us, 0);
         assert!(!c.yield_on_delivery);
+        assert_eq!(c.worker_nice, 0);
         assert_eq!(c.tap_queue_len, 64);
         assert_eq!(c.datastore, Datastore::Etcd);
         assert_eq!(c.etcd_endpoints.len(), 2);
@@ -1457,6 +1480,9 @@ vtep_mac = "02:00:00:00:00:08"
         rejects("busy_poll_us = -1", "busy_poll_us", "-1");
         rejects("busy_poll_us = 2000000", "busy_poll_us", "2000000");
         rejects("yield_on_delivery = \"yes\"", "yield_on_delivery", "yes");
+        rejects("worker_nice = -21", "worker_nice", "-21");
+        rejects("worker_nice = 20", "worker_nice", "20");
+        rejects("worker_nice = \"high\"", "worker_nice", "high");
         rejects("tap_queue_len = 63", "tap_queue_len", "63");
         rejects("tap_queue_len = 65537", "tap_queue_len", "65537");
         rejects("log_level = \"loud\"", "log_level", "loud");

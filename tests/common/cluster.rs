@@ -209,6 +209,26 @@ impl Node {
         self.daemon.as_ref().map(|c| c.id())
     }
 
+    /// The nice value of each worker thread (`sluice-w*`), as the kernel has
+    /// it (`/proc/PID/task/TID/stat`, field 19).
+    pub fn worker_nices(&self) -> Vec<i64> {
+        let pid = self.pid().expect("sluiced runs");
+        let mut nices = Vec::new();
+        for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks") {
+            let dir = task.expect("task").path();
+            let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+            if !comm.starts_with("sluice-w") {
+                continue;
+            }
+            let stat = std::fs::read_to_string(dir.join("stat")).expect("stat");
+            // Fields after the parenthesised name: state is field 3, nice 19.
+            let rest = &stat[stat.rfind(')').expect("comm in stat") + 2..];
+            let nice = rest.split(' ').nth(16).expect("field 19");
+            nices.push(nice.parse().expect("nice is a number"));
+        }
+        nices
+    }
+
     pub fn wait_ready(&mut self) {
         let t = Instant::now();
         loop {

@@ -336,11 +336,13 @@ fn print_answer(cli: &Cli, answer: Answer) {
                 &v["workers"],
                 &[
                     "worker",
+                    "nice",
                     "busy_polls",
                     "idle_polls",
                     "sleeps",
                     "rx_packets",
                     "drops",
+                    "last_error",
                 ],
             );
         }

@@ -1162,7 +1162,7 @@ impl Agent {
             policy_total.add(&w.policy);
             per_worker.push(json!({
                 "worker": w.worker, "busy_polls": w.busy_polls, "idle_polls": w.idle_polls,
-                "sleeps": w.sleeps, "yields": w.yields, "rx_packets": w.counters.rx_packets, "drops": w.counters.total_drops(),
+                "sleeps": w.sleeps, "yields": w.yields, "nice": w.nice, "rx_packets": w.counters.rx_packets, "drops": w.counters.total_drops(),
                 "handoff_out": w.handoff_out, "last_error": w.last_error,
             }));
             for (id, name, s) in &w.ports {

@@ -72,6 +72,8 @@ pub struct Settings {
     /// Yield the CPU after delivering to a local reader (see
     /// [`RuntimeConfig::yield_on_delivery`]).
     pub yield_on_delivery: bool,
+    /// Nice value of the worker threads ([`RuntimeConfig::nice`]).
+    pub worker_nice: i32,
     /// `txqueuelen` of the pod TAPs and the host TAP.
     pub tap_queue_len: u32,
     pub peers: Vec<PeerSpec>,
@@ -133,6 +135,7 @@ impl Settings {
             conntrack_size: r.conntrack_size as usize,
             busy_poll: r.busy_poll,
             yield_on_delivery: r.yield_on_delivery,
+            worker_nice: r.worker_nice,
             tap_queue_len: r.tap_queue_len,
             peers: r
                 .peers
@@ -255,6 +258,7 @@ pub fn run(s: Settings, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
         workers: s.workers,
         busy_poll: s.busy_poll,
         yield_on_delivery: s.yield_on_delivery,
+        nice: Some(s.worker_nice),
         ..RuntimeConfig::default()
     };
     let ct = conntrack::Config {

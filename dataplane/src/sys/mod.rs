@@ -1,15 +1,17 @@
 //! What Sluice's ports need from the kernel: network namespaces ([`netns`]), the
-//! TUN/TAP character device ([`tun`]) and link configuration over rtnetlink
-//! ([`link`]).
+//! TUN/TAP character device ([`tun`]), link configuration over rtnetlink
+//! ([`link`]), and a worker thread's priority ([`sched`]).
 //!
-//! Only [`tun`] holds `unsafe` (its ioctls). Everything here is control path except
-//! the frame reads and writes that [`crate::port::tap::Tap`] does on a TUN fd.
+//! The modules that hold `unsafe` (system calls, ioctls, mapped rings) say so
+//! at their top. Everything here is control path except the frame reads and
+//! writes the ports do through [`tun`], [`packet`] and [`xsk`].
 
 pub mod bpf;
 pub mod bpf_classic;
 pub mod link;
 pub mod netns;
 pub mod packet;
+pub mod sched;
 pub mod tun;
 pub mod xsk;
 
