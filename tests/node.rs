@@ -1,7 +1,8 @@
 //! A Sluice node against the world around it: a kernel-VXLAN peer (Flannel /
 //! Calico VXLAN wiring), the node's own traffic and its path to its pods, pods
-//! reaching outside the cluster through the node's kernel (SNAT), and a
-//! SIGKILL of sluiced under live pods.
+//! reaching outside the cluster through the node's kernel (SNAT), a SIGKILL
+//! of sluiced under live pods, and a sluiced its service manager gave less
+//! than it asks for.
 
 mod common;
 
@@ -335,4 +336,59 @@ fn sigkill_keeps_pods_and_restart_resumes_traffic() {
     // SIGTERM: clean stop, TAPs stay.
     assert!(a.stop().is_some_and(|s| s.success()), "{}", a.log());
     assert!(a1.ns.exec("ip", &["link", "show", "eth0"]).status.success());
+}
+
+/// Without `CAP_SYS_NICE` (a unit that leaves it out) the workers cannot go
+/// below the pods' nice: sluiced says so in its log and in `stats`, and
+/// forwards all the same.
+#[test]
+fn without_cap_sys_nice_workers_warn_and_forward() {
+    if skip_unless_root() {
+        return;
+    }
+    if std::process::Command::new("setpriv")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: setpriv (util-linux) is not installed");
+        return;
+    }
+    let u = Underlay::new("cn");
+    let mut a = Node::new(&u, "cn", 1, "vxlan", "socket");
+    let mut b = Node::new(&u, "cn", 2, "vxlan", "socket");
+    a.peers.push((b.name.clone(), b.ip, b.pod_cidr.clone()));
+    b.peers.push((a.name.clone(), a.ip, a.pod_cidr.clone()));
+    a.wrapper = ["setpriv", "--bounding-set", "-sys_nice"]
+        .map(String::from)
+        .to_vec();
+    a.start();
+    b.start();
+    let a1 = a.add_pod("a1");
+    let b1 = b.add_pod("b1");
+    assert!(
+        a1.ping_until(b1.ip, Duration::from_secs(10)),
+        "a1 -> b1\nA:\n{}",
+        a.log()
+    );
+    let inherited = a.worker_nices();
+    assert_eq!(inherited.len(), 1);
+    assert!(
+        inherited[0] > -10,
+        "worker nice {inherited:?} without the capability"
+    );
+    assert_eq!(b.worker_nices(), vec![-10], "node B kept it");
+    let w = &a.ctl_json("stats")["workers"][0];
+    assert_eq!(w["nice"], inherited[0], "{w}");
+    assert!(
+        w["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("set nice -10")),
+        "{w}"
+    );
+    let log = a.log();
+    assert!(
+        log.contains("worker 0: set nice -10") && log.contains("CAP_SYS_NICE"),
+        "{log}"
+    );
 }

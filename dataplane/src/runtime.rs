@@ -211,6 +211,8 @@ pub struct Runtime {
     owners: Mutex<Vec<Option<usize>>>,
     /// Shared owner map the workers read for handoff decisions.
     port_owner: Arc<OwnerMap>,
+    /// What workers could not set up on their threads (nice), one line each.
+    setup_warnings: Vec<String>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -254,6 +256,7 @@ impl Runtime {
             })
             .collect();
         let cores = core_affinity::get_core_ids().unwrap_or_default();
+        let (setup_tx, setup_rx) = std::sync::mpsc::channel();
         let mut workers = Vec::with_capacity(n);
         for i in 0..n {
             let poll = Poll::new()?;
@@ -286,6 +289,7 @@ impl Runtime {
                 tracer: None,
                 epoch: Instant::now(),
                 delivered_local: false,
+                setup: Some(setup_tx.clone()),
                 owners: port_owner.clone(),
                 stats: WorkerStats {
                     worker: i,
@@ -307,11 +311,30 @@ impl Runtime {
                 thread: Some(thread),
             });
         }
+        // Each worker reports once, before its first round; one that does not
+        // in time is not waited for.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut setup_warnings = Vec::new();
+        for _ in 0..n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match setup_rx.recv_timeout(left) {
+                Ok((i, Some(e))) => setup_warnings.push(format!("worker {i}: {e}")),
+                Ok((_, None)) => {}
+                Err(_) => break,
+            }
+        }
         Ok(Runtime {
             workers,
             owners: Mutex::new(vec![None; MAX_PORTS]),
             port_owner,
+            setup_warnings,
         })
+    }
+
+    /// What the workers could not set up on their threads at start (their
+    /// nice value), one line each; they run on regardless.
+    pub fn setup_warnings(&self) -> &[String] {
+        &self.setup_warnings
     }
 
     pub fn workers(&self) -> usize {
@@ -522,6 +545,8 @@ struct Worker<P: Policy> {
     epoch: Instant,
     /// This round sent frames to a port with a local reader.
     delivered_local: bool,
+    /// Where the worker reports how its thread set-up went, once.
+    setup: Option<std::sync::mpsc::Sender<(usize, Option<String>)>>,
 }
 
 /// Sends `q` on `op`, which is left empty, and counts the outcome.
@@ -601,12 +626,17 @@ impl<P: Policy> Worker<P> {
         if let Some(c) = self.core {
             core_affinity::set_for_current(c);
         }
+        let mut setup_error = None;
         if let Some(n) = self.cfg.nice {
             if let Err(e) = sched::set_thread_nice(n) {
-                self.stats.last_error = Some(format!("set nice {n}: {e}"));
+                setup_error = Some(format!("set nice {n}: {e}"));
             }
         }
         self.stats.nice = sched::thread_nice().ok();
+        self.stats.last_error.clone_from(&setup_error);
+        if let Some(tx) = self.setup.take() {
+            let _ = tx.send((self.id, setup_error));
+        }
         let epoch = self.epoch;
         let mut events = Events::with_capacity(256);
         let mut batch = Batch::new();
@@ -1133,6 +1163,11 @@ mod tests {
             match &st.last_error {
                 Some(e) if error => assert!(e.contains("set nice 25"), "{e}"),
                 other => assert!(!error && other.is_none(), "{other:?}"),
+            }
+            // The same, at once, from start.
+            match rt.setup_warnings() {
+                [w] if error => assert!(w.starts_with("worker 0: set nice 25"), "{w}"),
+                other => assert!(!error && other.is_empty(), "{other:?}"),
             }
             rt.stop();
         }

@@ -74,6 +74,9 @@ pub struct Node {
     pub extra_config: String,
     /// Extra command-line arguments of sluiced (e.g. `--recover`).
     pub extra_args: Vec<String>,
+    /// A command sluiced runs under, inside the namespace (e.g. `setpriv`
+    /// with its arguments).
+    pub wrapper: Vec<String>,
     daemon: Option<std::process::Child>,
 }
 
@@ -115,6 +118,7 @@ impl Node {
             peers: Vec::new(),
             extra_config: String::new(),
             extra_args: Vec::new(),
+            wrapper: Vec::new(),
             daemon: None,
         }
     }
@@ -176,6 +180,7 @@ impl Node {
             .expect("log file");
         let child = Command::new("ip")
             .args(["netns", "exec", self.ns.name()])
+            .args(&self.wrapper)
             .arg(bin("sluiced"))
             .arg("--config")
             .arg(self.config_path())

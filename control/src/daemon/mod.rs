@@ -278,6 +278,9 @@ pub fn run(s: Settings, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
         None => NetPolicy::new(policy_cfg),
     })
     .map_err(DaemonError::Runtime)?;
+    for w in runtime.setup_warnings() {
+        tracing::warn!("{w}; it runs on at the nice it has (worker_nice needs CAP_SYS_NICE)");
+    }
 
     let (up, backend, reason, _sinks) = open_uplink(&s)?;
     tracing::info!(backend = %backend, reason = %reason, uplink = %s.uplink, "uplink backend chosen");
