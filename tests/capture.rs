@@ -6,19 +6,14 @@ mod common;
 use std::time::Duration;
 
 use common::cluster::{bin, two_peered_nodes};
-use common::skip_unless_root;
+use common::{skip_unless_root, skip_without};
 
 #[test]
 fn capture_pod_and_uplink() {
     if skip_unless_root() {
         return;
     }
-    if std::process::Command::new("tshark")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        eprintln!("skipped: tshark is not installed");
+    if skip_without("tshark", "Debian package tshark") {
         return;
     }
     let (_u, a, b) = two_peered_nodes("cp", "vxlan", "socket");

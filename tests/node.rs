@@ -10,7 +10,7 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use common::cluster::{two_peered_nodes, Node, Underlay};
-use common::{skip_unless_root, unique, Netns};
+use common::{skip_unless_root, skip_without, unique, Netns};
 
 #[test]
 fn kernel_vxlan_peer_interoperates() {
@@ -346,12 +346,7 @@ fn without_cap_sys_nice_workers_warn_and_forward() {
     if skip_unless_root() {
         return;
     }
-    if std::process::Command::new("setpriv")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        eprintln!("skipped: setpriv (util-linux) is not installed");
+    if skip_without("setpriv", "util-linux") {
         return;
     }
     let u = Underlay::new("cn");

@@ -1238,7 +1238,8 @@ pod_cidr = "198.19.1.0/24"
 # pods', a worker sharing their core drains what they queue before they queue
 # more, as the kernel's forwarding (softirq) runs ahead of the sockets it
 # serves: a fast sender loses less at its TAP. Needs CAP_SYS_NICE; without it
-# a worker runs on at the nice it has and `sluicectl stats` says why.
+# a worker runs on at the nice it has, and the log and `sluicectl stats` say
+# why.
 # worker_nice = -10
 
 # Frames a pod (or the node, through the host port) may queue on its TAP for

@@ -66,7 +66,7 @@ pub struct RuntimeConfig {
     /// sockets it serves: a fast sender then loses less at its TAP and more of
     /// the core goes to frames that arrive. A worker that cannot set it (no
     /// `CAP_SYS_NICE`) runs on at the one it has and says so in
-    /// [`WorkerStats::last_error`].
+    /// [`Runtime::setup_warnings`] and [`WorkerStats::last_error`].
     pub nice: Option<i32>,
     /// Frames taken from one port per round.
     pub burst: usize,

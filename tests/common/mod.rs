@@ -66,6 +66,16 @@ pub fn skip_unless_root() -> bool {
     }
 }
 
+/// True (after saying why) when the command `tool` is not installed; `what`
+/// names its package for the message.
+pub fn skip_without(tool: &str, what: &str) -> bool {
+    if Command::new(tool).arg("--version").output().is_ok() {
+        return false;
+    }
+    eprintln!("skipped: {tool} ({what}) is not installed");
+    true
+}
+
 /// A network namespace made with `ip netns add`, deleted on drop after every
 /// process still inside it is killed.
 #[derive(Debug)]
