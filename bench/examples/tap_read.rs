@@ -17,8 +17,7 @@
 //!
 //! `cargo run --release -p bench --example tap_read -- [readv|uring|both] [secs]`
 
-use std::fs::{File, OpenOptions};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -26,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use io_uring::{cqueue, opcode, types, IoUring};
 use nix::libc;
+use sluice_dataplane::sys::tun;
 
 const TAP: &str = "trd0";
 const LOCAL: &str = "198.19.255.1";
@@ -127,14 +127,14 @@ fn measure(method: &str, dur: Duration) -> Run {
     }
 }
 
-fn read(method: &str, tap: &File, t0: Instant, dur: Duration) -> Counts {
+fn read(method: &str, tap: &OwnedFd, t0: Instant, dur: Duration) -> Counts {
     match method {
         "readv" => read_readv(tap, t0, dur),
         _ => read_uring(tap, t0, dur),
     }
 }
 
-fn read_readv(tap: &File, t0: Instant, dur: Duration) -> Counts {
+fn read_readv(tap: &OwnedFd, t0: Instant, dur: Duration) -> Counts {
     let mut buf = vec![0u8; BUF];
     let (mut frames, mut calls, mut empty) = (0u64, 0u64, 0u64);
     while t0.elapsed() < dur {
@@ -216,7 +216,7 @@ impl Drop for BufRing {
     }
 }
 
-fn read_uring(tap: &File, t0: Instant, dur: Duration) -> Counts {
+fn read_uring(tap: &OwnedFd, t0: Instant, dur: Duration) -> Counts {
     let mut ring: IoUring = IoUring::builder()
         .setup_single_issuer()
         .setup_defer_taskrun()
@@ -302,24 +302,11 @@ fn flood(stop: &AtomicBool) {
     }
 }
 
-fn open_tap(name: &str) -> File {
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/net/tun")
-        .unwrap_or_else(|e| fail(&format!("/dev/net/tun: {e}")));
-    // struct ifreq: the name, then the flags.
-    let mut ifr = [0u8; 40];
-    ifr[..name.len()].copy_from_slice(name.as_bytes());
-    let flags = (libc::IFF_TAP | libc::IFF_NO_PI) as i16;
-    ifr[16..18].copy_from_slice(&flags.to_ne_bytes());
-    // SAFETY: TUNSETIFF reads and writes a 40-byte struct ifreq.
-    if unsafe { libc::ioctl(f.as_raw_fd(), libc::TUNSETIFF, ifr.as_mut_ptr()) } < 0 {
-        fail(&format!("TUNSETIFF: {}", std::io::Error::last_os_error()));
-    }
-    // SAFETY: plain fcntl on an fd we own.
-    unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
-    f
+fn open_tap(name: &str) -> OwnedFd {
+    let fd = tun::open(true).unwrap_or_else(|e| fail(&format!("/dev/net/tun: {e}")));
+    tun::set_iff(fd.as_fd(), name, libc::IFF_TAP | libc::IFF_NO_PI)
+        .unwrap_or_else(|e| fail(&format!("TUNSETIFF {name}: {e}")));
+    fd
 }
 
 fn sh(cmd: &str) {
