@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
+use sluice_dataplane::sys::sched;
 use sluice_dataplane::table::{default_vtep_mac, Mode, NodeParams, Prefix};
 use sluice_dataplane::wire::MacAddr;
 use toml::de::{DeTable, DeValue};
@@ -43,7 +44,8 @@ const BLOCK_SIZE: RangeInclusive<i64> = 16..=30;
 /// than 65536 would be tens of milliseconds of queue.
 const TAP_QUEUE: RangeInclusive<i64> = 64..=65_536;
 /// A worker thread's nice value: what Linux takes.
-const NICE: RangeInclusive<i64> = -20..=19;
+const NICE: RangeInclusive<i64> =
+    (*sched::NICE_RANGE.start() as i64)..=(*sched::NICE_RANGE.end() as i64);
 /// One second to one year.
 const GRACE: RangeInclusive<i64> = 1..=31_536_000;
 /// A node record's lease in etcd: long enough to ride out a keepalive or two lost.
