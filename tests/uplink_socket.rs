@@ -40,6 +40,15 @@ for p in sys.argv[2:]:
     s.sendto(bytes.fromhex(p), (sys.argv[1], 0))
 ";
 
+/// Sends `argv[4]` (hex) to `argv[1]:argv[2]` in one call with UDP GSO
+/// (`UDP_SEGMENT`, 103) of `argv[3]` bytes: the kernel hands the link one
+/// superframe that stands for that many datagrams.
+const UDP_GSO_SEND: &str = "import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.IPPROTO_UDP, 103, int(sys.argv[3]))
+s.sendto(bytes.fromhex(sys.argv[4]), (sys.argv[1], int(sys.argv[2])))
+";
+
 /// Node namespaces A and B and the veth between them (`va` in A, `vb` in B).
 /// Whatever a test opens in A must be declared after this, so it closes first.
 struct Nodes {
@@ -389,6 +398,143 @@ fn ipip_and_native_prefixes_are_taken() {
         panic!("not UDP: {native:02x?}");
     };
     assert_eq!(u.payload(), b"native");
+}
+
+/// Takes what `sock` holds in bursts of at most 64: (frames, receive calls) of
+/// each burst, until one comes back short. Fails if one is empty before
+/// `want` frames have come, or if the frames are not `0..want` in order (the
+/// first byte after `at`, a little-endian u16, numbers them).
+fn take_bursts(
+    sock: &mut PacketSocket,
+    pool: &mut Pool,
+    want: usize,
+    at: usize,
+) -> Vec<(usize, u64)> {
+    let mut seen = Vec::new();
+    let mut bursts = Vec::new();
+    let mut batch = Batch::new();
+    loop {
+        let calls = sock.stats().rx_calls;
+        let n = sock.rx_burst(pool, &mut batch, 64).expect("receiving");
+        bursts.push((n, sock.stats().rx_calls - calls));
+        assert_eq!(n, batch.len(), "one frame per datagram");
+        seen.extend(
+            batch
+                .iter()
+                .map(|p| u16::from_le_bytes([p.data()[at], p.data()[at + 1]])),
+        );
+        batch.clear_into(pool);
+        if n < 64 {
+            break;
+        }
+    }
+    let expected: Vec<u16> = (0..want as u16).collect();
+    assert_eq!(seen, expected, "every datagram once, in order");
+    bursts
+}
+
+#[test]
+fn a_narrow_receive_after_a_light_burst_still_takes_a_full_one() {
+    // The socket offers the kernel as many buffers as the last burst needed
+    // (at least 4) and widens at once when a call fills them: a worker drops a
+    // port from its ready list when a burst comes back short, so a burst must
+    // be short only when the socket is empty. Both receive paths: with the
+    // virtio-net header (VXLAN) and without (IPIP).
+    if skip_unless_tools() {
+        return;
+    }
+    for ipip in [false, true] {
+        let nodes = Nodes::new();
+        let filter = if ipip {
+            UplinkFilter {
+                ipip: true,
+                vxlan_port: None,
+                ..UplinkFilter::vxlan(A_IP)
+            }
+        } else {
+            UplinkFilter::vxlan(A_IP)
+        };
+        let mut sock = nodes.open(&filter);
+        let _sinks = nodes.sinks(filter.vxlan_port, ipip).expect("sinks");
+        let mut pool = Pool::new(512, DEFAULT_BUF_SIZE);
+        // Inner packets numbered 0..n in the first two bytes of their UDP
+        // payload: 14 (outer Ethernet) + 20 (outer IPv4), then for VXLAN 8 + 8
+        // + the inner frame's 14, for IPIP nothing; then 20 + 8 (inner IPv4, UDP).
+        let at = if ipip { 34 + 28 } else { 34 + 30 + 28 };
+        let send = |n: u16| {
+            let inner: Vec<Vec<u8>> = (0..n)
+                .map(|i| {
+                    let mut f = testkit::from_pod_a1(testkit::POD_B1, 64);
+                    f[42..44].copy_from_slice(&i.to_le_bytes());
+                    f
+                })
+                .collect();
+            let before = rx_packets(&nodes.a, &nodes.va);
+            if ipip {
+                let ips: Vec<&[u8]> = inner.iter().map(|f| &f[14..]).collect();
+                nodes.ipip_from_b(A_IP, &ips);
+            } else {
+                let payloads: Vec<Vec<u8>> = inner.iter().map(|f| vxlan_payload(f)).collect();
+                let refs: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
+                nodes.udp_from_b(A_IP, 4789, &refs);
+            }
+            assert!(
+                wait_until(Duration::from_secs(5), || {
+                    rx_packets(&nodes.a, &nodes.va) >= before + u64::from(n)
+                }),
+                "{n} datagrams reached A"
+            );
+        };
+
+        // A lone datagram: one call, and the next burst starts narrow.
+        send(1);
+        assert_eq!(
+            take_bursts(&mut sock, &mut pool, 1, at),
+            [(1, 1)],
+            "ipip {ipip}"
+        );
+        // 150 at once: 64, 64 and 22, the first in calls of 4, 16 and 44.
+        send(150);
+        let bursts = take_bursts(&mut sock, &mut pool, 150, at);
+        assert_eq!(bursts, [(64, 3), (64, 1), (22, 1)], "ipip {ipip}");
+        let st = sock.stats();
+        assert_eq!(
+            (st.rx_frames, st.rx_truncated),
+            (151, 0),
+            "ipip {ipip}: {st:?}"
+        );
+        if !ipip {
+            // Narrow again, then one UDP superframe of 20 VXLAN datagrams: cut
+            // into 20 frames by a call offering 4 buffers, all of them come in
+            // that burst, none is left waiting behind a short one.
+            send(1);
+            assert_eq!(take_bursts(&mut sock, &mut pool, 1, at), [(1, 1)]);
+            let payloads: Vec<u8> = (0..20u16)
+                .flat_map(|i| {
+                    let mut f = testkit::from_pod_a1(testkit::POD_B1, 64);
+                    f[42..44].copy_from_slice(&i.to_le_bytes());
+                    vxlan_payload(&f)
+                })
+                .collect();
+            let seg = (payloads.len() / 20).to_string();
+            let before = rx_packets(&nodes.a, &nodes.va);
+            let (dst, data) = (A_IP.to_string(), hex(&payloads));
+            nodes
+                .b
+                .exec_ok("python3", &["-c", UDP_GSO_SEND, &dst, "4789", &seg, &data]);
+            assert!(wait_until(Duration::from_secs(5), || {
+                rx_packets(&nodes.a, &nodes.va) > before
+            }));
+            assert_eq!(take_bursts(&mut sock, &mut pool, 20, at), [(20, 1)]);
+            let st = sock.stats();
+            assert_eq!(
+                (st.rx_gso, st.rx_gso_cut),
+                (1, 1),
+                "one superframe, cut: {st:?}"
+            );
+        }
+        assert_eq!(sock.update_kernel_drops().unwrap(), 0);
+    }
 }
 
 #[test]

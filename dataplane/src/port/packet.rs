@@ -40,7 +40,9 @@
 //! sender on the same host is completed.
 //!
 //! # Limits
-//! - One `recvmmsg(2)` per received burst and one `sendmmsg(2)` per sent batch;
+//! - One `recvmmsg(2)` per received burst (a few more while a burst grows: a
+//!   call offers about twice the buffers the last burst needed, so a lone
+//!   frame does not cost 64 of them) and one `sendmmsg(2)` per sent batch;
 //!   every frame is still copied once each way. (The mmap rings of
 //!   `PACKET_RX_RING`/`PACKET_TX_RING` would save the copy; not done yet.)
 //! - Frames longer than a pool buffer (that are not superframes) are counted in
@@ -368,6 +370,9 @@ pub struct PacketSocket {
     tx_scratch: Vec<u8>,
     /// Buffers lent to one receive call; empty between calls.
     staging: Batch,
+    /// Buffers the next receive call offers: twice what the last one took
+    /// when it left some empty, from [`RX_MIN_WIDTH`] to [`RX_SLOTS`].
+    rx_width: usize,
     /// With a virtio-net header on every frame: superframes both ways.
     offload: Option<Box<Offload>>,
     stats: PacketStats,
@@ -412,6 +417,31 @@ const MIN_UDP_JOIN: usize = 512;
 /// arrives). With 32, the end-to-end bench's 64-byte UDP flood lost enough to
 /// stall its TCP control connection; 64 is what a burst takes anyway.
 const RX_SLOTS: usize = 64;
+
+/// Buffers the first receive call of a burst offers when the last burst was
+/// light: a round trip's lone frame then costs four pool buffers and four
+/// message headers, not [`RX_SLOTS`]. A call that fills all it offered is
+/// followed by one four times as wide.
+const RX_MIN_WIDTH: usize = 4;
+
+/// What one receive call did: frames handed over (a superframe counts its
+/// segments), buffers offered to the kernel and messages it filled.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct RxCall {
+    got: usize,
+    offered: usize,
+    taken: usize,
+}
+
+impl RxCall {
+    /// Frames handed over without a receive call (from `overflow`).
+    fn frames(got: usize) -> RxCall {
+        RxCall {
+            got,
+            ..RxCall::default()
+        }
+    }
+}
 
 /// The state of an uplink socket with `PACKET_VNET_HDR`.
 ///
@@ -534,6 +564,7 @@ impl PacketSocket {
             tx_pieces: Vec::with_capacity(MAX_BATCH * 4),
             tx_scratch: Vec::new(),
             staging: Batch::new(),
+            rx_width: RX_SLOTS,
             offload,
             stats: PacketStats::default(),
         })
@@ -593,56 +624,39 @@ impl Port for PacketSocket {
         &self.name
     }
 
+    /// Takes up to `max` frames in one or more `recvmmsg(2)` calls, each
+    /// offering [`PacketSocket::rx_width`] buffers: a call that fills them all
+    /// is followed at once by a wider one, so a port that returns fewer than
+    /// `max` is drained, as the worker expects.
     fn rx_burst(&mut self, pool: &mut Pool, batch: &mut Batch, max: usize) -> io::Result<usize> {
-        if self.offload.is_some() {
-            return self.rx_offload(pool, batch, max);
-        }
-        let room = max
-            .min(MAX_BATCH.saturating_sub(batch.len()))
-            .min(self.mmsg.capacity());
-        // Pool empty: the frames wait in the socket queue until buffers return.
-        if pool.alloc_into(&mut self.staging, room) == 0 {
-            return Ok(0);
-        }
-        let fd = self.fd.as_fd();
-        let bufs = &mut self.staging;
-        let mmsg = &mut self.mmsg;
-        let got = loop {
-            let msgs = bufs
-                .as_mut_slice()
-                .iter_mut()
-                .map(|p| std::iter::once(p.rx_area()));
-            match mmsg.recv(fd, msgs) {
-                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                r => break r,
-            }
-        };
-        self.stats.rx_calls += 1;
-        let got = match got {
-            Ok(n) => n,
-            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => 0,
-            Err(e) => {
-                self.staging.clear_into(pool);
-                return Err(e);
-            }
-        };
-        let mut n = 0;
-        for (i, mut p) in self.staging.drain().enumerate() {
-            match self.mmsg.received(i) {
-                Some(r) if i < got && !r.truncated && r.len <= p.capacity() => {
-                    p.set_received(r.len);
-                    batch.push(p);
-                    n += 1;
+        let mut got = 0;
+        loop {
+            let (left, width) = (max - got, self.rx_width);
+            let call = if self.offload.is_some() {
+                self.rx_offload(pool, batch, left, width)
+            } else {
+                self.rx_plain(pool, batch, left, width)
+            };
+            let call = match call {
+                Ok(c) => c,
+                Err(e) if got == 0 => return Err(e),
+                // Those taken already go on; the error comes back next call.
+                Err(_) => break,
+            };
+            got += call.got;
+            if call.offered == 0 || call.taken < call.offered {
+                if call.offered > 0 {
+                    self.rx_width = (call.taken * 2).clamp(RX_MIN_WIDTH, RX_SLOTS);
                 }
-                Some(_) if i < got => {
-                    self.stats.rx_truncated += 1;
-                    pool.free(p);
-                }
-                _ => pool.free(p),
+                break;
+            }
+            // Every buffer offered was filled: more may be waiting.
+            self.rx_width = (self.rx_width * 4).min(RX_SLOTS);
+            if got >= max || batch.is_full() {
+                break;
             }
         }
-        self.stats.rx_frames += n as u64;
-        Ok(n)
+        Ok(got)
     }
 
     fn tx_burst(&mut self, pool: &mut Pool, batch: &mut Batch) -> io::Result<usize> {
@@ -671,8 +685,81 @@ impl Port for PacketSocket {
 }
 
 impl PacketSocket {
-    /// [`Port::rx_burst`] with a virtio-net header in front of each frame.
-    fn rx_offload(&mut self, pool: &mut Pool, batch: &mut Batch, max: usize) -> io::Result<usize> {
+    /// One receive call without the virtio-net header (IPIP): up to `max`
+    /// frames into at most `width` buffers.
+    fn rx_plain(
+        &mut self,
+        pool: &mut Pool,
+        batch: &mut Batch,
+        max: usize,
+        width: usize,
+    ) -> io::Result<RxCall> {
+        let room = max
+            .min(width)
+            .min(MAX_BATCH.saturating_sub(batch.len()))
+            .min(self.mmsg.capacity());
+        // Pool empty: the frames wait in the socket queue until buffers return.
+        let offered = pool.alloc_into(&mut self.staging, room);
+        if offered == 0 {
+            return Ok(RxCall::default());
+        }
+        let fd = self.fd.as_fd();
+        let bufs = &mut self.staging;
+        let mmsg = &mut self.mmsg;
+        let got = loop {
+            let msgs = bufs
+                .as_mut_slice()
+                .iter_mut()
+                .map(|p| std::iter::once(p.rx_area()));
+            match mmsg.recv(fd, msgs) {
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                r => break r,
+            }
+        };
+        self.stats.rx_calls += 1;
+        let taken = match got {
+            Ok(n) => n,
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => 0,
+            Err(e) => {
+                self.staging.clear_into(pool);
+                return Err(e);
+            }
+        };
+        let mut n = 0;
+        for (i, mut p) in self.staging.drain().enumerate() {
+            match self.mmsg.received(i) {
+                Some(r) if i < taken && !r.truncated && r.len <= p.capacity() => {
+                    p.set_received(r.len);
+                    batch.push(p);
+                    n += 1;
+                }
+                Some(_) if i < taken => {
+                    self.stats.rx_truncated += 1;
+                    pool.free(p);
+                }
+                _ => pool.free(p),
+            }
+        }
+        self.stats.rx_frames += n as u64;
+        Ok(RxCall {
+            got: n,
+            offered,
+            taken,
+        })
+    }
+
+    /// One receive call with a virtio-net header in front of each frame: up to
+    /// `max` frames (a superframe counts its segments) out of at most `width`
+    /// messages. What a cut superframe has beyond `max` waits in `overflow`,
+    /// and is only put there once `max` is reached: a burst that comes back
+    /// short leaves nothing behind.
+    fn rx_offload(
+        &mut self,
+        pool: &mut Pool,
+        batch: &mut Batch,
+        max: usize,
+        width: usize,
+    ) -> io::Result<RxCall> {
         let off = self.offload.as_mut().expect("offload on");
         let mut got = 0;
         // Frames cut from a superframe of the last call go first, in order.
@@ -689,13 +776,15 @@ impl PacketSocket {
             batch.push(p);
         }
         if !off.overflow.is_empty() || got >= max || batch.is_full() {
-            return Ok(got);
+            return Ok(RxCall::frames(got));
         }
         let room = (max - got)
+            .min(width)
             .min(MAX_BATCH.saturating_sub(batch.len()))
             .min(RX_SLOTS);
-        if pool.alloc_into(&mut self.staging, room) == 0 {
-            return Ok(got);
+        let offered = pool.alloc_into(&mut self.staging, room);
+        if offered == 0 {
+            return Ok(RxCall::frames(got));
         }
         let buf_room = self.staging.as_slice()[0].capacity();
         let spill = buf_room < LARGE_BUF_SIZE - HEADROOM;
@@ -737,7 +826,11 @@ impl PacketSocket {
             Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => 0,
             Err(e) => {
                 self.staging.clear_into(pool);
-                return if got > 0 { Ok(got) } else { Err(e) };
+                return if got > 0 {
+                    Ok(RxCall::frames(got))
+                } else {
+                    Err(e)
+                };
             }
         };
         let st = &mut self.stats;
@@ -872,7 +965,11 @@ impl PacketSocket {
             }
             pool.free(p);
         }
-        Ok(got)
+        Ok(RxCall {
+            got,
+            offered,
+            taken: n,
+        })
     }
 
     /// Sends a batch in `sendmmsg(2)` calls. With the virtio-net header on, runs
