@@ -5,10 +5,11 @@
 
 mod common;
 
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use common::cluster::{two_peered_nodes, Node, Underlay};
-use common::skip_unless_root;
+use common::{skip_unless_root, skip_without, Netns};
 
 fn pod_to_pod(mode: &str, backend: &str) {
     if skip_unless_root() {
@@ -76,6 +77,107 @@ fn ipip_af_xdp() {
 #[test]
 fn native_af_xdp() {
     pod_to_pod("native", "af_xdp");
+}
+
+/// Packets the node's kernel dropped in sluiced's nftables table (its copies
+/// of pod traffic the uplink socket took); `None` without the table.
+fn native_drops(ns: &Netns) -> Option<u64> {
+    let out = ns.exec("nft", &["list", "table", "ip", "sluice_native"]);
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let line = text.lines().find(|l| l.contains("counter"))?;
+    let mut words = line.split_whitespace();
+    words.find(|w| *w == "packets")?;
+    words.next()?.parse().ok()
+}
+
+fn host_port_tx(ns: &Netns) -> u64 {
+    ns.exec_ok("cat", &["/sys/class/net/sluice0/statistics/tx_packets"])
+        .trim()
+        .parse()
+        .expect("a packet count")
+}
+
+/// Native routing on kernel sockets: the uplink socket takes pod traffic
+/// itself and the node's kernel drops its own copy (nftables, ahead of NAT)
+/// instead of forwarding it to the host port a second time. The table lives
+/// as long as sluiced: a killed one's is replaced on restart, a stopped
+/// one's is gone.
+#[test]
+fn native_socket_takes_pod_traffic_off_the_uplink() {
+    if skip_unless_root() || skip_without("nft", "nftables") {
+        return;
+    }
+    let (u, mut a, mut b) = two_peered_nodes("nsn", "native", "socket");
+    let a1 = a.add_pod("a1");
+    let b1 = b.add_pod("b1");
+    assert!(
+        a1.ping_until(b1.ip, Duration::from_secs(10)),
+        "a1 -> b1\nA:\n{}\nB:\n{}",
+        a.log(),
+        b.log()
+    );
+    let reason = b.ctl_json("status")["backend_reason"].to_string();
+    assert!(reason.contains("taken off the uplink"), "{reason}");
+    let (drops, tx) = (
+        native_drops(&b.ns).expect("table on B"),
+        host_port_tx(&b.ns),
+    );
+    let out = a1.ns.exec(
+        "ping",
+        &["-c", "20", "-i", "0.01", "-W", "2", &b1.ip.to_string()],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        !text.contains("DUP!"),
+        "each request delivered once:\n{text}"
+    );
+    // B's kernel dropped its copy of each request, and forwarded none of
+    // them to the host port.
+    let dropped = native_drops(&b.ns).unwrap() - drops;
+    assert!(dropped >= 20, "B's kernel dropped {dropped} copies");
+    let forwarded = host_port_tx(&b.ns) - tx;
+    assert!(
+        forwarded < 10,
+        "B's kernel sent {forwarded} frames to its host port"
+    );
+    // Node to pod still goes through the host port.
+    assert!(
+        b.ns.exec("ping", &["-c", "2", "-W", "2", &b1.ip.to_string()])
+            .status
+            .success(),
+        "node B -> b1"
+    );
+
+    // Outside the cluster through the same uplink: B masquerades, and the
+    // replies, to B's own address until NAT turns them back, are not dropped.
+    u.ns.exec_ok("ip", &["addr", "add", "198.18.0.99/24", "dev", "br0"]);
+    b.ns.exec_ok("nft", &["add table ip nat; add chain ip nat post { type nat hook postrouting priority 100; }; add rule ip nat post ip saddr 198.19.0.0/16 oifname ul0 masquerade"]);
+    assert!(
+        b1.ping_until(Ipv4Addr::new(198, 18, 0, 99), Duration::from_secs(5)),
+        "b1 -> outside through B's uplink\n{}",
+        b.log()
+    );
+
+    // Killed: the table stays (nothing forwards while sluiced is down);
+    // restarted: replaced, one table, traffic flows again.
+    b.kill();
+    assert!(
+        native_drops(&b.ns).is_some(),
+        "table left by a killed sluiced"
+    );
+    b.start();
+    let listed = b.ns.exec_ok("nft", &["list", "tables"]);
+    assert_eq!(listed.matches("sluice_native").count(), 1, "{listed}");
+    assert!(a1.ping_until(b1.ip, Duration::from_secs(10)), "{}", b.log());
+    // Stopped: gone.
+    b.stop();
+    assert_eq!(native_drops(&b.ns), None, "table after a clean stop");
+    a.stop();
+    assert_eq!(native_drops(&a.ns), None);
 }
 
 /// Nodes learn their peers from Node objects applied with sluicectl (no

@@ -111,15 +111,16 @@ fn superframes_cross_on(tag: &str, mode: &str, backend: &str) {
     // Sending node: superframes from the pod (TSO), joined again on the uplink.
     let from_pod = port_counter(&a, "pod", "rx_gso");
     let joined_out = port_counter(&a, "uplink", "tx_gro");
-    // Receiving node: superframes received (on the uplink in VXLAN mode; in
-    // native mode the kernel forwards them to the host port), then passed to
-    // the pod whole or joined for it.
+    // Receiving node: superframes received (on the uplink; in native mode,
+    // where sluiced could not make its nftables table, the kernel forwards
+    // them to the host port instead), then passed to the pod whole or joined
+    // for it.
+    let off_uplink = mode == "vxlan"
+        || b.ctl_json("status")["backend_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("taken off the uplink"));
     let cut_in = if backend == "socket" {
-        port_counter(
-            &b,
-            if mode == "vxlan" { "uplink" } else { "host" },
-            "rx_gso",
-        )
+        port_counter(&b, if off_uplink { "uplink" } else { "host" }, "rx_gso")
     } else {
         1
     };

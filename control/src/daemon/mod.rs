@@ -181,36 +181,46 @@ pub enum DaemonError {
     Datastore(#[from] crate::datastore::DatastoreError),
 }
 
+/// What keeps the kernel out of the uplink's way while the uplink port lives:
+/// sockets that swallow the tunnels' kernel copies, and in native mode the
+/// table that drops the pods' (see [`net::NativeBypass`]).
+struct KernelGuards {
+    _sinks: Option<KernelSinks>,
+    _native: Option<net::NativeBypass>,
+}
+
 /// Opens the uplink port with the configured backend.
-fn open_uplink(
-    s: &Settings,
-) -> Result<(BoxPort, String, String, Option<KernelSinks>), DaemonError> {
+fn open_uplink(s: &Settings) -> Result<(BoxPort, String, String, KernelGuards), DaemonError> {
     let vxlan = (s.mode == Mode::Vxlan).then_some(s.vxlan_port);
     let ipip = s.mode == Mode::Ipip;
-    let native: Vec<(Ipv4Addr, u8)> = if s.mode == Mode::Native {
-        // With etcd the node may claim more blocks later: take the whole pod range.
-        let p = if s.etcd.is_some() {
-            s.cluster_cidr
-        } else {
-            s.pod_cidr
-        };
-        vec![(p.addr(), p.prefix_len())]
+    // With etcd the node may claim more blocks later: take the whole pod range.
+    let native_prefix = (s.mode == Mode::Native).then_some(if s.etcd.is_some() {
+        s.cluster_cidr
     } else {
-        vec![]
-    };
+        s.pod_cidr
+    });
+    let native: Vec<(Ipv4Addr, u8)> = native_prefix
+        .iter()
+        .map(|p| (p.addr(), p.prefix_len()))
+        .collect();
     let xdp_err = if s.backend != Backend::Socket {
         let mut cfg = XdpConfig::new(s.node_ip);
         cfg.vxlan_port = vxlan;
         cfg.ipip = ipip;
-        cfg.native_prefixes = native;
+        cfg.native_prefixes = native.clone();
         match XdpUplink::open(&s.uplink, &cfg) {
             Ok(x) => {
+                net::NativeBypass::remove_stale();
+                let guards = KernelGuards {
+                    _sinks: None,
+                    _native: None,
+                };
                 return Ok((
                     Box::new(x),
                     "af_xdp".into(),
                     "AF_XDP socket bound".into(),
-                    None,
-                ))
+                    guards,
+                ));
             }
             Err(e) if s.backend == Backend::AfXdp => {
                 return Err(DaemonError::Uplink {
@@ -223,11 +233,34 @@ fn open_uplink(
     } else {
         None
     };
-    // Kernel sockets. Native-mode pod traffic reaches us through the host port
-    // (the node routes pod CIDRs there), so the socket only takes tunnels.
+    // Kernel sockets. Native-mode pod traffic is taken off the uplink too, and
+    // the kernel's copy dropped; where that table cannot be made, the node's
+    // kernel forwards it to the host port (it routes the pod CIDRs there).
     let mut filter = UplinkFilter::new(s.node_ip);
     filter.vxlan_port = vxlan;
     filter.ipip = ipip;
+    let mut native_note = None;
+    let native_guard = match native_prefix {
+        Some(p) => match net::NativeBypass::install(&s.uplink, &[p]) {
+            Ok(g) => {
+                filter.native_prefixes = native;
+                native_note = Some(format!(
+                    "pod traffic taken off the uplink (kernel copy dropped in nftables table ip {})",
+                    net::NATIVE_TABLE
+                ));
+                Some(g)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "pod traffic goes through the node's kernel and the host port instead");
+                native_note = Some(format!("pod traffic through the host port ({e})"));
+                None
+            }
+        },
+        None => {
+            net::NativeBypass::remove_stale();
+            None
+        }
+    };
     let sock = PacketSocket::open(&s.uplink, &filter).map_err(|e| DaemonError::Uplink {
         backend: "socket",
         reason: e.to_string(),
@@ -236,11 +269,18 @@ fn open_uplink(
         backend: "socket",
         reason: e.to_string(),
     })?;
-    let reason = match xdp_err {
+    let mut reason = match xdp_err {
         Some(e) => format!("AF_XDP not available ({e}); using kernel sockets"),
         None => "kernel sockets (configured)".into(),
     };
-    Ok((Box::new(sock), "socket".into(), reason, Some(sinks)))
+    if let Some(n) = native_note {
+        reason = format!("{reason}; {n}");
+    }
+    let guards = KernelGuards {
+        _sinks: Some(sinks),
+        _native: native_guard,
+    };
+    Ok((Box::new(sock), "socket".into(), reason, guards))
 }
 
 /// Runs the node until `stop` is set.
@@ -282,7 +322,7 @@ pub fn run(s: Settings, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
         tracing::warn!("{w}; it runs on at the nice it has (worker_nice needs CAP_SYS_NICE)");
     }
 
-    let (up, backend, reason, _sinks) = open_uplink(&s)?;
+    let (up, backend, reason, _guards) = open_uplink(&s)?;
     tracing::info!(backend = %backend, reason = %reason, uplink = %s.uplink, "uplink backend chosen");
     runtime
         .add_port(PortId::UPLINK, up)

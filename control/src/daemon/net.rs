@@ -39,6 +39,8 @@ pub enum NetError {
         what: &'static str,
         source: LinkError,
     },
+    #[error("nftables table ip {NATIVE_TABLE}: {detail}")]
+    Nft { detail: String },
 }
 
 /// Reads the uplink's MAC, MTU and IPv4 addresses.
@@ -218,6 +220,120 @@ pub fn host_port(
     Ok(HostPort { tap, mac })
 }
 
+/// The nftables table [`NativeBypass`] owns in the node's namespace.
+pub const NATIVE_TABLE: &str = "sluice_native";
+
+/// Native routing on the kernel-socket uplink: the uplink socket takes the
+/// frames for this node's pods itself, and this table drops the kernel's own
+/// copy of them, so the node's kernel does not also forward each one to the
+/// host port (a second copy, and the larger part of the receive work).
+///
+/// The drop is in a prerouting chain at priority raw (-300), ahead of
+/// connection tracking and NAT: it sees the destination the sender wrote.
+/// Replies to connections the node masqueraded, and traffic to a node port
+/// that kube-proxy translates to a pod, carry the node's address there; the
+/// uplink socket does not take them, the kernel translates and forwards them
+/// to the host port as before. That is why this is not an `ip rule`: routing
+/// runs after NAT and would drop those too.
+///
+/// Installing replaces any table of that name (one left by a sluiced that was
+/// killed); dropping the guard deletes it. Needs the `nft` program.
+#[derive(Debug)]
+pub struct NativeBypass {
+    _private: (),
+}
+
+impl NativeBypass {
+    pub fn install(uplink: &str, prefixes: &[Prefix]) -> Result<NativeBypass, NetError> {
+        if prefixes.is_empty() {
+            return Err(NetError::Nft {
+                detail: "no pod prefixes to take".into(),
+            });
+        }
+        // The name goes into the script between quotes.
+        if !uplink
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b))
+        {
+            return Err(NetError::Nft {
+                detail: format!(
+                    "uplink name {uplink:?} has characters other than letters, digits and ._-@"
+                ),
+            });
+        }
+        run_nft(&native_table_script(uplink, prefixes))?;
+        Ok(NativeBypass { _private: () })
+    }
+}
+
+impl NativeBypass {
+    /// Deletes a table a killed sluiced left behind, where this one does not
+    /// take pod traffic off the uplink socket (AF_XDP, a tunnel mode): it would
+    /// drop the kernel's copy nobody else takes. Quiet when there is none or
+    /// no `nft`.
+    pub fn remove_stale() {
+        let _ = run_nft(&format!(
+            "table ip {NATIVE_TABLE}\ndelete table ip {NATIVE_TABLE}\n"
+        ));
+    }
+}
+
+impl Drop for NativeBypass {
+    fn drop(&mut self) {
+        if let Err(e) = run_nft(&format!("delete table ip {NATIVE_TABLE}\n")) {
+            tracing::warn!(error = %e, "removing the native-routing drop rule");
+        }
+    }
+}
+
+/// The nft script that (re)creates [`NATIVE_TABLE`] in one transaction: the
+/// empty declaration makes the delete succeed when there is none yet.
+pub fn native_table_script(uplink: &str, prefixes: &[Prefix]) -> String {
+    let set: Vec<String> = prefixes.iter().map(ToString::to_string).collect();
+    format!(
+        "table ip {t}\n\
+         delete table ip {t}\n\
+         table ip {t} {{\n\
+         \tchain prerouting {{\n\
+         \t\ttype filter hook prerouting priority -300; policy accept;\n\
+         \t\tiifname \"{uplink}\" ip daddr {{ {set} }} counter drop\n\
+         \t}}\n\
+         }}\n",
+        t = NATIVE_TABLE,
+        set = set.join(", "),
+    )
+}
+
+/// Runs `nft -f -` with `script` on its standard input.
+fn run_nft(script: &str) -> Result<(), NetError> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let fail = |detail: String| NetError::Nft { detail };
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| fail(format!("running nft: {e}")))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(script.as_bytes())
+            .map_err(|e| fail(format!("writing to nft: {e}")))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| fail(format!("waiting for nft: {e}")))?;
+    if !out.status.success() {
+        return Err(fail(format!(
+            "nft {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
 /// Lets the node's kernel forward (pods to the outside world, native mode).
 pub fn enable_forwarding() -> std::io::Result<()> {
     let p = Path::new("/proc/sys/net/ipv4/ip_forward");
@@ -230,6 +346,26 @@ pub fn enable_forwarding() -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn native_table_drops_only_what_the_uplink_brings_for_the_pods() {
+        let p: Prefix = "198.19.2.0/24".parse().unwrap();
+        let script = native_table_script("ul0", &[p]);
+        assert!(script.starts_with("table ip sluice_native\ndelete table ip sluice_native\n"));
+        assert!(
+            script.contains("hook prerouting priority -300;"),
+            "{script}"
+        );
+        assert!(
+            script.contains("iifname \"ul0\" ip daddr { 198.19.2.0/24 } counter drop"),
+            "{script}"
+        );
+        // Nothing is run for a name that would need quoting, or no prefix.
+        for (name, prefixes) in [("ul\"0", vec![p]), ("ul0", vec![])] {
+            let e = NativeBypass::install(name, &prefixes).unwrap_err();
+            assert!(matches!(e, NetError::Nft { .. }), "{e}");
+        }
+    }
 
     #[test]
     fn arp_table_parsing() {

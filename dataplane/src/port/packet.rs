@@ -21,13 +21,15 @@
 //! [`KernelSinks`] holds such sockets, each with a filter that drops
 //! everything, for as long as the daemon runs.
 //!
-//! # Native mode: pod prefixes are not taken by default
+//! # Native mode: taking pod prefixes needs the kernel's copy dropped
 //! In native mode, packets for this node's pods reach the kernel too, and the
-//! daemon routes the pod CIDRs to its host port, so the kernel forwards them to
-//! Sluice there. Taking them here as well would deliver each one twice, so
-//! `native_prefixes` is empty by default and the uplink socket is then used to
-//! send only. Set it only where the kernel does not forward them (forwarding
-//! off, or no such route).
+//! node routes the pod CIDRs to its host port, so the kernel would forward
+//! each one there as well: delivered twice. `native_prefixes` is therefore
+//! empty by default (the socket then only sends pod traffic, and the kernel
+//! forwards what arrives to the host port). sluiced sets them together with
+//! an nftables rule that drops the kernel's copy ahead of NAT (see
+//! `NativeBypass` in the control crate), which spares the receiving node the
+//! kernel's forwarding and the host port's per-frame reads.
 //!
 //! # Superframes
 //! For VXLAN and native routing the socket puts a virtio-net header in front of
