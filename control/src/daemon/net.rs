@@ -244,6 +244,9 @@ pub struct NativeBypass {
 }
 
 impl NativeBypass {
+    /// Creates the table for `prefixes` arriving on `uplink`, replacing one of
+    /// that name. An uplink name that would need quoting, or no prefix, is
+    /// refused before `nft` runs.
     pub fn install(uplink: &str, prefixes: &[Prefix]) -> Result<NativeBypass, NetError> {
         if prefixes.is_empty() {
             return Err(NetError::Nft {
@@ -264,9 +267,7 @@ impl NativeBypass {
         run_nft(&native_table_script(uplink, prefixes))?;
         Ok(NativeBypass { _private: () })
     }
-}
 
-impl NativeBypass {
     /// Deletes a table a killed sluiced left behind, where this one does not
     /// take pod traffic off the uplink socket (AF_XDP, a tunnel mode): it would
     /// drop the kernel's copy nobody else takes. Quiet when there is none or
