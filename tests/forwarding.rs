@@ -93,13 +93,6 @@ fn native_drops(ns: &Netns) -> Option<u64> {
     words.next()?.parse().ok()
 }
 
-fn host_port_tx(ns: &Netns) -> u64 {
-    ns.exec_ok("cat", &["/sys/class/net/sluice0/statistics/tx_packets"])
-        .trim()
-        .parse()
-        .expect("a packet count")
-}
-
 /// Native routing on kernel sockets: the uplink socket takes pod traffic
 /// itself and the node's kernel drops its own copy (nftables, ahead of NAT)
 /// instead of forwarding it to the host port a second time. The table lives
@@ -123,7 +116,7 @@ fn native_socket_takes_pod_traffic_off_the_uplink() {
     assert!(reason.contains("taken off the uplink"), "{reason}");
     let (drops, tx) = (
         native_drops(&b.ns).expect("table on B"),
-        host_port_tx(&b.ns),
+        b.ns.link_counter("sluice0", "tx_packets"),
     );
     let out = a1.ns.exec(
         "ping",
@@ -139,7 +132,7 @@ fn native_socket_takes_pod_traffic_off_the_uplink() {
     // them to the host port.
     let dropped = native_drops(&b.ns).unwrap() - drops;
     assert!(dropped >= 20, "B's kernel dropped {dropped} copies");
-    let forwarded = host_port_tx(&b.ns) - tx;
+    let forwarded = b.ns.link_counter("sluice0", "tx_packets") - tx;
     assert!(
         forwarded < 10,
         "B's kernel sent {forwarded} frames to its host port"

@@ -259,13 +259,7 @@ fn out_dest_unreachs(ns: &Netns) -> u64 {
 }
 
 fn rx_packets(ns: &Netns, ifname: &str) -> u64 {
-    ns.exec_ok(
-        "cat",
-        &[&format!("/sys/class/net/{ifname}/statistics/rx_packets")],
-    )
-    .trim()
-    .parse()
-    .expect("a packet count")
+    ns.link_counter(ifname, "rx_packets")
 }
 
 #[test]
@@ -433,6 +427,14 @@ fn take_bursts(
     bursts
 }
 
+/// A 64-byte inner frame from pod A1 whose UDP payload starts with `i`
+/// (little-endian), as [`take_bursts`] reads it.
+fn numbered_inner(i: u16) -> Vec<u8> {
+    let mut f = testkit::from_pod_a1(testkit::POD_B1, 64);
+    f[42..44].copy_from_slice(&i.to_le_bytes());
+    f
+}
+
 #[test]
 fn a_narrow_receive_after_a_light_burst_still_takes_a_full_one() {
     // The socket offers the kernel as many buffers as the last burst needed
@@ -462,13 +464,7 @@ fn a_narrow_receive_after_a_light_burst_still_takes_a_full_one() {
         // + the inner frame's 14, for IPIP nothing; then 20 + 8 (inner IPv4, UDP).
         let at = if ipip { 34 + 28 } else { 34 + 30 + 28 };
         let send = |n: u16| {
-            let inner: Vec<Vec<u8>> = (0..n)
-                .map(|i| {
-                    let mut f = testkit::from_pod_a1(testkit::POD_B1, 64);
-                    f[42..44].copy_from_slice(&i.to_le_bytes());
-                    f
-                })
-                .collect();
+            let inner: Vec<Vec<u8>> = (0..n).map(numbered_inner).collect();
             let before = rx_packets(&nodes.a, &nodes.va);
             if ipip {
                 let ips: Vec<&[u8]> = inner.iter().map(|f| &f[14..]).collect();
@@ -510,11 +506,7 @@ fn a_narrow_receive_after_a_light_burst_still_takes_a_full_one() {
             send(1);
             assert_eq!(take_bursts(&mut sock, &mut pool, 1, at), [(1, 1)]);
             let payloads: Vec<u8> = (0..20u16)
-                .flat_map(|i| {
-                    let mut f = testkit::from_pod_a1(testkit::POD_B1, 64);
-                    f[42..44].copy_from_slice(&i.to_le_bytes());
-                    vxlan_payload(&f)
-                })
+                .flat_map(|i| vxlan_payload(&numbered_inner(i)))
                 .collect();
             let seg = (payloads.len() / 20).to_string();
             let before = rx_packets(&nodes.a, &nodes.va);

@@ -352,14 +352,7 @@ fn steers_tunnels_and_leaves_node_traffic(mode: XdpMode) {
 
     // Transmit: VXLAN from A's uplink to a kernel VXLAN device in B.
     common::kernel_vxlan(&nodes.b, &nodes.vb, "198.18.0.2");
-    let rx_packets = || -> u64 {
-        nodes
-            .b
-            .exec_ok("cat", &["/sys/class/net/vx0/statistics/rx_packets"])
-            .trim()
-            .parse()
-            .expect("rx_packets")
-    };
+    let rx_packets = || nodes.b.link_counter("vx0", "rx_packets");
     let before = rx_packets();
     let mut frame = Vec::new();
     PacketBuilder::ethernet2(a_mac, b_mac)

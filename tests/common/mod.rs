@@ -165,6 +165,16 @@ impl Netns {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// A link's counter from `/sys/class/net/IFNAME/statistics/` (e.g.
+    /// `rx_packets`), as the namespace sees it.
+    pub fn link_counter(&self, ifname: &str, counter: &str) -> u64 {
+        let path = format!("/sys/class/net/{ifname}/statistics/{counter}");
+        self.exec_ok("cat", &[&path])
+            .trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("{path} in {}: {e}", self.name))
+    }
+
     /// Starts `cmd args` inside the namespace; it is killed when the guard drops.
     pub fn spawn(&self, cmd: &str, args: &[&str]) -> Child {
         let child = Command::new("ip")
