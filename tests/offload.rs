@@ -5,7 +5,10 @@
 //! segments as pieces) or TCP (native) superframe, are cut back on the
 //! receiving node (VXLAN) or taken whole (native), and reach the receiving
 //! pod's TAP as GSO frames. The counters of each step must move. Over AF_XDP,
-//! which sends no superframes, the worker cuts them into segments.
+//! which has no segmentation offload, VXLAN superframes leave as UDP
+//! superframes through a send-only packet socket beside it, and native and
+//! IPIP ones (VXLAN too, with that socket turned off) are cut into segments
+//! in the UMEM.
 //!
 //! Needs root (skips otherwise); everything runs in the test's namespaces.
 
@@ -15,7 +18,7 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::Duration;
 
-use common::cluster::{two_peered_nodes, Node, Pod};
+use common::cluster::{two_peered_nodes_with, Node, Pod};
 use common::skip_unless_root;
 use sluice_dataplane::sys::netns::in_netns;
 
@@ -91,11 +94,23 @@ fn port_counter(node: &Node, port: &str, counter: &str) -> u64 {
 }
 
 fn superframes_cross(tag: &str, mode: &str) {
-    superframes_cross_on(tag, mode, "socket");
+    superframes_cross_on(tag, mode, "socket", "");
 }
 
-fn superframes_cross_on(tag: &str, mode: &str, backend: &str) {
-    let (_u, a, b) = two_peered_nodes(tag, mode, backend);
+fn superframes_cross_on(tag: &str, mode: &str, backend: &str, extra: &str) {
+    let (_u, a, b) = two_peered_nodes_with(tag, mode, backend, extra);
+    // Whether the sending uplink sends superframes (or pieces of them) whole.
+    let whole = backend == "socket"
+        || (mode == "vxlan" && !extra.contains("xdp_superframe_socket = false"));
+    if backend == "af_xdp" {
+        let reason = a.ctl_json("status")["backend_reason"].to_string();
+        let says = if whole {
+            "superframes sent whole through a packet socket"
+        } else {
+            "superframes cut into frames"
+        };
+        assert!(reason.contains(says), "{mode}: backend_reason {reason}");
+    }
     let pa = a.add_pod("sender");
     let pb = b.add_pod("receiver");
     assert!(
@@ -127,15 +142,16 @@ fn superframes_cross_on(tag: &str, mode: &str, backend: &str) {
     let to_pod = port_counter(&b, "pod", "tx_gro");
     let to_pod_segments = port_counter(&b, "pod", "tx_gro_segments");
     assert!(from_pod > 0, "{mode}: no superframe from the sending pod");
-    if backend == "socket" {
+    if whole {
         assert!(joined_out > 0, "{mode}: no superframe sent on the uplink");
     } else {
-        // Cut by the worker: as many segments as the pod's superframes held.
+        // Cut into frames: the uplink sent at least as many as the pod's
+        // superframes held segments.
         let segments = port_counter(&a, "pod", "rx_gso_segments");
-        let sent = port_counter(&a, "uplink", "tx_packets");
+        let sent = a.ns.link_counter("ul0", "tx_packets");
         assert!(
             joined_out == 0 && sent >= segments,
-            "{mode} {backend}: {sent} frames sent for {segments} segments"
+            "{mode} {backend}: {sent} frames sent for {segments} segments, {joined_out} superframes"
         );
     }
     assert!(cut_in > 0, "{mode}: no superframe received on node 2");
@@ -190,5 +206,29 @@ fn superframes_cross_vxlan_af_xdp_intact() {
     if skip_unless_root() {
         return;
     }
-    superframes_cross_on("ofx", "vxlan", "af_xdp");
+    superframes_cross_on("ofx", "vxlan", "af_xdp", "");
+}
+
+#[test]
+fn superframes_cut_into_the_umem_cross_native_af_xdp_intact() {
+    if skip_unless_root() {
+        return;
+    }
+    superframes_cross_on("ofxn", "native", "af_xdp", "");
+}
+
+#[test]
+fn superframes_cut_into_the_umem_cross_ipip_af_xdp_intact() {
+    if skip_unless_root() {
+        return;
+    }
+    superframes_cross_on("ofxi", "ipip", "af_xdp", "");
+}
+
+#[test]
+fn superframes_cut_into_the_umem_cross_vxlan_af_xdp_intact() {
+    if skip_unless_root() {
+        return;
+    }
+    superframes_cross_on("ofxc", "vxlan", "af_xdp", "xdp_superframe_socket = false\n");
 }

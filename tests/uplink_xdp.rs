@@ -18,13 +18,13 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::{skip_unless_root, unique, unique_ifname, Netns};
-use etherparse::{IpNumber, Ipv4Header, PacketBuilder};
+use etherparse::{IpNumber, Ipv4Header, NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
 use nix::sys::socket::{
     sendto, socket, AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType, SockaddrIn,
 };
 use sluice_dataplane::buf::{Batch, Pool, DEFAULT_BUF_SIZE};
 use sluice_dataplane::port::xdp::{XdpConfig, XdpError, XdpMode, XdpUplink};
-use sluice_dataplane::port::Port;
+use sluice_dataplane::port::{gso, Port};
 use sluice_dataplane::sys::netns::in_netns;
 
 const A_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
@@ -569,4 +569,166 @@ fn crash_helper() {
     std::io::stdout().flush().unwrap();
     std::thread::sleep(Duration::from_secs(60));
     drop(up);
+}
+
+/// Ethernet/IPv4/UDP from A to B's VXLAN port carrying `vxlan` (a VXLAN
+/// header and an inner frame).
+fn vxlan_a_to_b(a_mac: [u8; 6], b_mac: [u8; 6], vxlan: &[u8]) -> Vec<u8> {
+    let mut f = Vec::new();
+    PacketBuilder::ethernet2(a_mac, b_mac)
+        .ipv4(A_IP.octets(), B_IP.octets(), 64)
+        .udp(50000, 4789)
+        .write(&mut f, vxlan)
+        .expect("outer frame");
+    f
+}
+
+/// A VXLAN packet from A to B whose inner frame is a TCP superframe of
+/// `data` in segments of `mss`, marked as the pipeline hands one to the
+/// uplink (inner checksum partial, as the sending pod's TAP gave it).
+fn vxlan_tcp_superframe(
+    pool: &mut Pool,
+    a_mac: [u8; 6],
+    b_mac: [u8; 6],
+    data: &[u8],
+    seq: u32,
+    mss: u16,
+) -> sluice_dataplane::buf::Packet {
+    let mut tcp = etherparse::TcpHeader::new(40000, 5201, seq, 64240);
+    tcp.ack = true;
+    tcp.acknowledgment_number = 1;
+    let mut inner = Vec::new();
+    PacketBuilder::ethernet2([0x02, 0, 0, 0, 0, 0x11], [0x02, 0, 0, 0, 0, 0x22])
+        .ipv4([198, 19, 1, 2], [198, 19, 2, 2], 64)
+        .tcp_header(tcp)
+        .write(&mut inner, data)
+        .expect("inner superframe");
+    let mut p = pool.alloc_large();
+    assert!(p.load(&inner));
+    gso::mark_superframe(&mut p, mss).expect("a valid superframe");
+    let mut vx = vec![0x08, 0, 0, 0];
+    vx.extend_from_slice(&(VNI << 8).to_be_bytes());
+    vx.extend_from_slice(p.data());
+    assert!(p.load(&vxlan_a_to_b(a_mac, b_mac, &vx)));
+    // The inner IPv4 header: after Ethernet, IPv4, UDP, VXLAN and Ethernet.
+    p.set_superframe(mss, 64);
+    p
+}
+
+/// A batch of small VXLAN frames and TCP superframes in between leaves in
+/// order, every segment valid: the superframes as UDP superframes through the
+/// send-only packet socket (which the kernel cuts on the way to B's XDP
+/// program), or, with that socket off, cut into the UMEM.
+fn superframes_leave_in_order(socket: bool) {
+    let nodes = Nodes::new(1);
+    let mut cfg = XdpConfig::new(A_IP);
+    cfg.superframe_socket = socket;
+    let mut a = nodes.open(&cfg).expect("A's uplink");
+    assert_eq!(a.superframe_socket(), Ok(socket));
+    assert!(a.takes_superframes());
+    let vb = nodes.vb.clone();
+    let mut b = in_netns(&nodes.b.handle(), move || {
+        XdpUplink::open(&vb, &XdpConfig::new(B_IP))
+    })
+    .expect("entering B")
+    .expect("B's uplink");
+    let a_mac = Nodes::mac(&nodes.a, &nodes.va);
+    let b_mac = Nodes::mac(&nodes.b, &nodes.vb);
+    let mut pool = Pool::new(512, DEFAULT_BUF_SIZE);
+    let data: Vec<u8> = (0..20_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+    let mss = 1398;
+    let segments = data.len().div_ceil(mss);
+    let markers: [&[u8]; 3] = [b"sluice-order-0", b"sluice-order-1", b"sluice-order-2"];
+    let seqs = [0x1000_0000u32, 0x2000_0000];
+
+    let mut batch = Batch::new();
+    for (k, marker) in markers.iter().enumerate() {
+        let mut p = pool.alloc().expect("buffer");
+        assert!(p.load(&vxlan_a_to_b(a_mac, b_mac, &vxlan_payload(marker))));
+        batch.push(p);
+        if let Some(&seq) = seqs.get(k) {
+            batch.push(vxlan_tcp_superframe(
+                &mut pool, a_mac, b_mac, &data, seq, mss as u16,
+            ));
+        }
+    }
+    assert_eq!(a.tx_burst(&mut pool, &mut batch).expect("sending"), 5);
+    let st = *a.stats();
+    if socket {
+        assert_eq!(
+            (st.tx_whole, st.tx_whole_refused, st.tx_cut),
+            (2, 0, 0),
+            "{st:?}"
+        );
+        assert_eq!(st.tx_frames, 3, "{st:?}");
+        assert!(a.offload_stats().tx_gro_superframes >= 2);
+    } else {
+        assert_eq!((st.tx_whole, st.tx_cut), (0, 2), "{st:?}");
+        assert_eq!(st.tx_frames, (3 + 2 * segments) as u64, "{st:?}");
+        assert_eq!(a.offload_stats().tx_gro_superframes, 0);
+    }
+
+    // B's program steers every datagram to its socket, in the order sent.
+    let want = 3 + 2 * segments;
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut rx = Batch::new();
+    while got.len() < want && Instant::now() < deadline {
+        if b.rx_burst(&mut pool, &mut rx, 64).expect("rx_burst") == 0 {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        got.extend(rx.iter().map(|p| p.data().to_vec()));
+        rx.clear_into(&mut pool);
+    }
+    assert_eq!(got.len(), want, "frames B received");
+    let mut at = 0;
+    for (k, marker) in markers.iter().enumerate() {
+        assert!(contains(&got[at], marker), "frame {at} is not marker {k}");
+        at += 1;
+        let Some(&seq) = seqs.get(k) else { break };
+        let mut joined = Vec::new();
+        for i in 0..segments {
+            let g = &got[at];
+            assert_eq!(udp_dst_port(g), Some(4789), "frame {at}");
+            let sp = SlicedPacket::from_ethernet(&g[50..]).expect("inner frame");
+            let (Some(NetSlice::Ipv4(ip)), Some(TransportSlice::Tcp(tcp))) = (sp.net, sp.transport)
+            else {
+                panic!("frame {at} is not a TCP segment");
+            };
+            let ih = ip.header().to_header();
+            assert_eq!(ih.header_checksum, ih.calc_header_checksum(), "frame {at}");
+            let th = tcp.to_header();
+            assert_eq!(
+                th.checksum,
+                th.calc_checksum_ipv4(&ih, tcp.payload()).unwrap(),
+                "frame {at}: inner TCP checksum"
+            );
+            assert_eq!(th.sequence_number, seq + (i * mss) as u32, "frame {at}");
+            joined.extend_from_slice(tcp.payload());
+            at += 1;
+        }
+        assert!(
+            joined == data,
+            "superframe {k}: data changed or out of order"
+        );
+    }
+    drop(b);
+    drop(a);
+    assert_eq!(pool.available(), 512, "every buffer back in the pool");
+}
+
+#[test]
+fn superframes_leave_whole_through_the_socket_in_order() {
+    if skip_unless_root() {
+        return;
+    }
+    superframes_leave_in_order(true);
+}
+
+#[test]
+fn superframes_cut_into_the_umem_leave_in_order() {
+    if skip_unless_root() {
+        return;
+    }
+    superframes_leave_in_order(false);
 }

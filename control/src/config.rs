@@ -159,6 +159,8 @@ pub struct Config {
     pub workers: u16,
     #[serde(default)]
     pub uplink_backend: UplinkBackend,
+    #[serde(default = "default_xdp_superframe_socket")]
+    pub xdp_superframe_socket: bool,
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
     #[serde(default = "default_api_socket")]
@@ -262,6 +264,9 @@ pub struct Resolved {
     pub pod_mtu: u16,
     pub workers: u16,
     pub uplink_backend: UplinkBackend,
+    /// With AF_XDP in VXLAN mode, send superframes as UDP superframes through
+    /// a send-only packet socket (see `XdpConfig::superframe_socket`).
+    pub xdp_superframe_socket: bool,
     pub state_dir: PathBuf,
     pub api_socket: PathBuf,
     pub metrics_listen: SocketAddr,
@@ -468,6 +473,7 @@ impl Config {
             pod_mtu,
             workers: self.workers,
             uplink_backend: self.uplink_backend,
+            xdp_superframe_socket: self.xdp_superframe_socket,
             state_dir: self.state_dir.clone(),
             api_socket: self.api_socket.clone(),
             metrics_listen: self.metrics_listen,
@@ -823,6 +829,9 @@ fn default_host_ifname() -> String {
     "sluice0".into()
 }
 fn default_yield_on_delivery() -> bool {
+    true
+}
+fn default_xdp_superframe_socket() -> bool {
     true
 }
 fn default_worker_nice() -> i32 {
@@ -1182,6 +1191,13 @@ uplink = "eth0"
 # packet socket), "af_xdp" or "socket".
 # uplink_backend = "auto"
 
+# With AF_XDP, which has no segmentation offload, in VXLAN mode: send a pod's
+# TCP superframe as UDP superframes through a send-only packet socket on the
+# uplink, one skb each for the NIC (or the kernel) to cut into datagrams,
+# rather than as a descriptor per segment. Native and IPIP superframes are
+# always cut into frames.
+# xdp_superframe_socket = true
+
 # ---- Pod network -------------------------------------------------------------
 
 # The whole pod address range of the cluster. Required. Every node's pod_cidr,
@@ -1359,6 +1375,7 @@ mod tests {
         assert_eq!(c.mtu, None);
         assert_eq!(c.workers, 1);
         assert_eq!(c.uplink_backend, UplinkBackend::Auto);
+        assert!(c.xdp_superframe_socket);
         assert_eq!(c.state_dir, Path::new("/var/lib/sluice"));
         assert_eq!(c.api_socket, Path::new("/run/sluice/sluiced.sock"));
         assert_eq!(c.metrics_listen, "127.0.0.1:9108".parse().unwrap());
@@ -1394,6 +1411,7 @@ vxlan_port = 8472
 mtu = 1400
 workers = 1
 uplink_backend = "af_xdp"
+xdp_superframe_socket = false
 state_dir = "/tmp/sluice"
 api_socket = "/tmp/sluice.sock"
 metrics_listen = "[::1]:9200"
@@ -1425,6 +1443,7 @@ vtep_mac = "02:00:00:00:00:08"
         assert_eq!(c.mode, Mode::Ipip);
         assert_eq!(c.mtu, Some(1400));
         assert_eq!(c.uplink_backend, UplinkBackend::AfXdp);
+        assert!(!c.xdp_superframe_socket);
         assert_eq!(c.metrics_listen.port(), 9200);
         assert_eq!(c.busy_poll_us, 0);
         assert!(!c.yield_on_delivery);
@@ -1455,6 +1474,7 @@ vtep_mac = "02:00:00:00:00:08"
         rejects("workers = 0", "workers", "0");
         rejects("workers = 1024", "workers", "1024");
         rejects("uplink_backend = \"xdp\"", "uplink_backend", "xdp");
+        rejects("xdp_superframe_socket = 1", "xdp_superframe_socket", "1");
         rejects("state_dir = \"var/lib\"", "state_dir", "var/lib");
         rejects("api_socket = \"s.sock\"", "api_socket", "s.sock");
         rejects(

@@ -50,9 +50,21 @@ impl Underlay {
 /// a peer, both running. The underlay is returned first so that it outlives
 /// the nodes when the tuple is dropped.
 pub fn two_peered_nodes(tag: &str, mode: &str, backend: &str) -> (Underlay, Node, Node) {
+    two_peered_nodes_with(tag, mode, backend, "")
+}
+
+/// [`two_peered_nodes`] with `extra` (TOML lines) added to both nodes' config.
+pub fn two_peered_nodes_with(
+    tag: &str,
+    mode: &str,
+    backend: &str,
+    extra: &str,
+) -> (Underlay, Node, Node) {
     let u = Underlay::new(tag);
     let mut a = Node::new(&u, tag, 1, mode, backend);
     let mut b = Node::new(&u, tag, 2, mode, backend);
+    a.extra_config = extra.to_owned();
+    b.extra_config = extra.to_owned();
     a.peers.push((b.name.clone(), b.ip, b.pod_cidr.clone()));
     b.peers.push((a.name.clone(), a.ip, a.pod_cidr.clone()));
     a.start();
@@ -156,12 +168,14 @@ impl Node {
             // index, for tests that scrape (tests/metrics.rs).
             19100 + u16::from(self.ip.octets()[3]),
         );
+        // Top-level keys go before the first table.
+        c += &self.extra_config;
         for (name, ip, cidr) in &self.peers {
             c += &format!(
                 "\n[[peers]]\nname = \"{name}\"\nnode_ip = \"{ip}\"\npod_cidr = \"{cidr}\"\n"
             );
         }
-        c + &self.extra_config
+        c
     }
 
     /// Starts sluiced inside the node and waits until its API answers.

@@ -58,6 +58,9 @@ pub struct Settings {
     pub vtep_mac: MacAddr,
     pub workers: usize,
     pub backend: Backend,
+    /// With AF_XDP in VXLAN mode, superframes go through a send-only packet
+    /// socket (`XdpConfig::superframe_socket`).
+    pub xdp_superframe_socket: bool,
     pub state_dir: PathBuf,
     pub api_socket: PathBuf,
     /// Where the Prometheus endpoint listens.
@@ -127,6 +130,7 @@ impl Settings {
                 UplinkBackend::AfXdp => Backend::AfXdp,
                 UplinkBackend::Socket => Backend::Socket,
             },
+            xdp_superframe_socket: r.xdp_superframe_socket,
             state_dir: r.state_dir.clone(),
             api_socket: r.api_socket.clone(),
             metrics_listen: r.metrics_listen,
@@ -208,19 +212,27 @@ fn open_uplink(s: &Settings) -> Result<(BoxPort, String, String, KernelGuards), 
         cfg.vxlan_port = vxlan;
         cfg.ipip = ipip;
         cfg.native_prefixes = native.clone();
+        cfg.superframe_socket = s.xdp_superframe_socket;
         match XdpUplink::open(&s.uplink, &cfg) {
             Ok(x) => {
+                let reason = match x.superframe_socket() {
+                    Ok(true) => {
+                        "AF_XDP socket bound; superframes sent whole through a packet socket".into()
+                    }
+                    Ok(false) if vxlan.is_some() => {
+                        "AF_XDP socket bound; superframes cut into frames (configured)".into()
+                    }
+                    Ok(false) => "AF_XDP socket bound; superframes cut into frames".into(),
+                    Err(e) => format!(
+                        "AF_XDP socket bound; superframes cut into frames (packet socket: {e})"
+                    ),
+                };
                 net::NativeBypass::remove_stale();
                 let guards = KernelGuards {
                     _sinks: None,
                     _native: None,
                 };
-                return Ok((
-                    Box::new(x),
-                    "af_xdp".into(),
-                    "AF_XDP socket bound".into(),
-                    guards,
-                ));
+                return Ok((Box::new(x), "af_xdp".into(), reason, guards));
             }
             Err(e) if s.backend == Backend::AfXdp => {
                 return Err(DaemonError::Uplink {

@@ -546,7 +546,14 @@ impl PacketSocket {
         set_buffer(fd.as_fd(), libc::SO_SNDBUFFORCE, libc::SO_SNDBUF)
             .map_err(err("set send buffer"))?;
         sys::attach_filter(fd.as_fd(), &prog).map_err(err("attach filter"))?;
-        sys::bind_link(fd.as_fd(), ifindex, sys::ETH_P_IP).map_err(err("bind"))?;
+        // A socket that takes nothing is bound to no protocol: the kernel then
+        // offers it no frame at all, rather than every IPv4 one to a filter.
+        let protocol = if filter.takes_nothing() {
+            0
+        } else {
+            sys::ETH_P_IP
+        };
+        sys::bind_link(fd.as_fd(), ifindex, protocol).map_err(err("bind"))?;
         let link = sys::local_link(fd.as_fd()).map_err(err("read bound address"))?;
         if link.hatype != ARPHRD_ETHER || link.addr_len != 6 {
             return Err(PacketError::NotEthernet {
@@ -575,6 +582,15 @@ impl PacketSocket {
     /// Whether frames carry a virtio-net header, so superframes go both ways.
     pub fn has_offload(&self) -> bool {
         self.offload.is_some()
+    }
+
+    /// Whether superframe `p` leaves as UDP superframes (VXLAN: its
+    /// segments, checksums and all, as the pieces), rather than a message per
+    /// segment: what a send-only socket beside another uplink is for.
+    pub fn sends_udp_superframes(&self, p: &Packet) -> bool {
+        self.offload.is_some()
+            && p.meta.is_superframe()
+            && udp_outer(p.data(), usize::from(p.meta.gso_ip))
     }
 
     /// The uplink's interface index (in the namespace it was opened in).
@@ -1164,11 +1180,7 @@ impl PacketSocket {
             }
         }
         let seg_hdr = |i: usize| base + i * hdrs;
-        let udp_outer = vnet
-            && ip_at >= UDP_PAYLOAD_AT
-            && frame[ETH_LEN] == 0x45
-            && u32::from(frame[ETH_LEN + 9]) == IPPROTO_UDP;
-        if udp_outer {
+        if vnet && udp_outer(frame, ip_at) {
             // Each piece: the segment from its VXLAN header on.
             let per = hdrs - UDP_PAYLOAD_AT + g.gso_size();
             let most = MAX_RUN
@@ -1224,6 +1236,15 @@ impl PacketSocket {
         }
         true
     }
+}
+
+/// Whether a superframe whose inner IPv4 header starts at `ip_at` is carried
+/// in an outer IPv4/UDP header without options (VXLAN): then its segments can
+/// leave as UDP superframes.
+fn udp_outer(frame: &[u8], ip_at: usize) -> bool {
+    ip_at >= UDP_PAYLOAD_AT
+        && frame.get(ETH_LEN) == Some(&0x45)
+        && frame.get(ETH_LEN + 9).map(|&b| u32::from(b)) == Some(IPPROTO_UDP)
 }
 
 /// Finds the run of frames that starts at `pkts[0]` and can go as one

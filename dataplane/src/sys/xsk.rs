@@ -761,6 +761,29 @@ impl XskSocket {
         true
     }
 
+    /// Lets `write` fill the frame at `addr`, from there to the end of its
+    /// [`FRAME_SIZE`] chunk, and returns what it returns: a segment written
+    /// straight into the UMEM, with no pool buffer in between. `None` (nothing
+    /// called) if the frame falls outside the UMEM.
+    ///
+    /// Call only for a frame the kernel does not hold (never committed, or back on
+    /// the completion ring).
+    pub fn write_frame_with<R>(
+        &mut self,
+        addr: u64,
+        write: impl FnOnce(&mut [u8]) -> R,
+    ) -> Option<R> {
+        let room = FRAME_SIZE as usize - (addr % u64::from(FRAME_SIZE)) as usize;
+        let start = self.umem.range(addr, room)?;
+        // SAFETY: `start..start + room` lies inside the UMEM mapping (checked),
+        // which no Rust object aliases; `&mut self` keeps any other slice of it
+        // from this socket away while `write` runs. By the caller's contract the
+        // kernel neither reads nor writes the frame now.
+        let frame =
+            unsafe { std::slice::from_raw_parts_mut(self.umem.map.ptr.as_ptr().add(start), room) };
+        Some(write(frame))
+    }
+
     /// The kernel's drop and error counters for this socket.
     pub fn kernel_stats(&self) -> io::Result<XskKernelStats> {
         let zero = libc::xdp_statistics {
