@@ -8,7 +8,7 @@
 
 mod common;
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use common::{skip_unless_root, unique, unique_ifname, Netns};
@@ -260,6 +260,55 @@ fn out_dest_unreachs(ns: &Netns) -> u64 {
 
 fn rx_packets(ns: &Netns, ifname: &str) -> u64 {
     ns.link_counter(ifname, "rx_packets")
+}
+
+/// Sends `count` copies of `payload` from B to `dst` as fast as one socket
+/// can; returns how many the kernel took.
+fn flood_from_b(nodes: &Nodes, dst: (Ipv4Addr, u16), payload: &[u8], count: u64) -> u64 {
+    in_netns(&nodes.b.handle(), || {
+        let s = UdpSocket::bind((B_IP, 0)).expect("UDP socket in B");
+        (0..count)
+            .filter(|_| s.send_to(payload, dst).is_ok())
+            .count() as u64
+    })
+    .expect("entering B")
+}
+
+/// Frames the kernel drops because the socket's receive queue is full are
+/// read from the kernel (which clears its count on reading) and added up in
+/// the port's counters: every one counted once, and none the port received.
+#[test]
+fn a_full_receive_queue_is_counted_as_kernel_drops() {
+    if skip_unless_tools() {
+        return;
+    }
+    let nodes = Nodes::new();
+    let mut sock = nodes.open(&UplinkFilter::vxlan(A_IP));
+    let _sinks = nodes.sinks(Some(4789), false).expect("sinks");
+    let mut pool = Pool::new(256, DEFAULT_BUF_SIZE);
+    sock.update_kernel_stats();
+    assert_eq!(sock.offload_stats().rx_kernel_drops, 0);
+
+    // Far more than the 4 MiB receive buffer holds, and nobody reading.
+    let payload = vxlan_payload(&testkit::from_pod_a1(testkit::POD_B1, 1000));
+    let sent = flood_from_b(&nodes, (A_IP, 4789), &payload, 20_000);
+    sock.update_kernel_stats();
+    let drops = sock.offload_stats().rx_kernel_drops;
+    let got = receive(
+        &mut sock,
+        &mut pool,
+        sent as usize,
+        Duration::from_secs(2),
+        Duration::ZERO,
+    )
+    .len() as u64;
+    assert!(
+        drops > 0 && got > 0 && got + drops <= sent,
+        "{sent} sent, {got} received, {drops} dropped by the kernel"
+    );
+    sock.update_kernel_stats();
+    assert_eq!(sock.offload_stats().rx_kernel_drops, drops, "counted twice");
+    assert_eq!(pool.available(), 256, "every buffer back in the pool");
 }
 
 #[test]

@@ -732,3 +732,42 @@ fn superframes_cut_into_the_umem_leave_in_order() {
     }
     superframes_leave_in_order(false);
 }
+
+/// Frames the kernel drops for want of a fill-ring frame (nobody reading)
+/// are read from the socket's statistics into the port's kernel drops.
+#[test]
+fn a_full_rx_ring_is_counted_as_kernel_drops() {
+    if skip_unless_root() {
+        return;
+    }
+    let nodes = Nodes::new(1);
+    let mut cfg = XdpConfig::new(A_IP);
+    // 128 frames: 64 on the fill ring.
+    cfg.frames = 128;
+    let mut up = nodes.open(&cfg).expect("A's uplink");
+    up.update_kernel_stats();
+    assert_eq!(up.offload_stats().rx_kernel_drops, 0);
+    let payload = vxlan_payload(b"sluice-flood");
+    let dst: SocketAddr = (A_IP, 4789).into();
+    let sent = in_netns(&nodes.b.handle(), || {
+        let s = UdpSocket::bind((B_IP, 0)).expect("UDP socket in B");
+        (0..1000)
+            .filter(|_| {
+                // Paced: the veth's own queue to the program holds 256.
+                std::thread::sleep(Duration::from_micros(20));
+                s.send_to(&payload, dst).is_ok()
+            })
+            .count() as u64
+    })
+    .expect("entering B");
+    up.update_kernel_stats();
+    let drops = up.offload_stats().rx_kernel_drops;
+    let mut pool = Pool::new(256, DEFAULT_BUF_SIZE);
+    let (_, seen) = pump(&mut up, &mut pool, Duration::from_millis(500), |_| false);
+    let got = seen.len() as u64;
+    assert!(
+        got <= 64 && drops > 0 && got + drops <= sent,
+        "{sent} sent, {got} received, {drops} dropped by the kernel"
+    );
+    assert_eq!(up.stats().rx_kernel_drops, drops);
+}

@@ -942,10 +942,11 @@ impl<P: Policy> Worker<P> {
         self.stats.policy = self.pipeline.policy.stats();
         self.stats.ports = self
             .ports
-            .iter()
+            .iter_mut()
             .flatten()
             .map(|p| {
                 let mut stats = p.stats.clone();
+                p.port.update_kernel_stats();
                 stats.offload = p.port.offload_stats();
                 (p.id, p.name.clone(), stats)
             })

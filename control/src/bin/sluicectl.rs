@@ -327,6 +327,7 @@ fn print_answer(cli: &Cli, answer: Answer) {
                     "tx_bytes",
                     "tx_dropped",
                     "rx_dropped",
+                    "rx_kernel_drops",
                     "rx_gso",
                     "tx_gro",
                 ],

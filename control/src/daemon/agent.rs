@@ -1173,7 +1173,7 @@ impl Agent {
                     "rx_gso": s.offload.rx_gso_superframes, "rx_gso_segments": s.offload.rx_gso_segments,
                     "rx_gso_cut": s.offload.rx_gso_cut,
                     "tx_gro": s.offload.tx_gro_superframes, "tx_gro_segments": s.offload.tx_gro_segments,
-                    "rx_dropped": s.offload.rx_dropped,
+                    "rx_dropped": s.offload.rx_dropped, "rx_kernel_drops": s.offload.rx_kernel_drops,
                 }));
             }
         }

@@ -205,6 +205,7 @@ impl Snapshot {
                 o.tx_gro_superframes += so.tx_gro_superframes;
                 o.tx_gro_segments += so.tx_gro_segments;
                 o.rx_dropped += so.rx_dropped;
+                o.rx_kernel_drops += so.rx_kernel_drops;
             }
         }
         out
@@ -287,7 +288,7 @@ const POD_COUNTERS: [PortField; 12] = [
     ),
 ];
 
-const PORT_COUNTERS: [PortField; 13] = [
+const PORT_COUNTERS: [PortField; 14] = [
     (
         "port_rx_packets",
         "Packets Sluice received on a node port",
@@ -346,6 +347,11 @@ const PORT_COUNTERS: [PortField; 13] = [
         "port_rx_dropped",
         "Frames a node port dropped on receive before forwarding (longer than a buffer, bad offload header)",
         |s| s.offload.rx_dropped,
+    ),
+    (
+        "port_rx_kernel_drops",
+        "Frames the kernel dropped before a node port could read them (socket queue or AF_XDP ring full)",
+        |s| s.offload.rx_kernel_drops,
     ),
 ];
 
@@ -696,6 +702,10 @@ mod tests {
                     "ul0".into(),
                     PortStats {
                         tx_packets: 4,
+                        offload: sluice_dataplane::port::PortOffload {
+                            rx_kernel_drops: 6,
+                            ..Default::default()
+                        },
                         ..Default::default()
                     },
                 ),
@@ -818,6 +828,10 @@ mod tests {
         assert_eq!(
             get(r#"sluice_port_tx_packets_total{port="uplink",name="ul0"}"#),
             "4"
+        );
+        assert_eq!(
+            get(r#"sluice_port_rx_kernel_drops_total{port="uplink",name="ul0"}"#),
+            "6"
         );
         assert_eq!(
             get(r#"sluice_port_rx_packets_total{port="host",name="sluice0"}"#),

@@ -61,6 +61,12 @@ pub trait Port {
         PortOffload::default()
     }
 
+    /// Reads the kernel's counters of the port's socket into what
+    /// [`Port::offload_stats`] reports ([`PortOffload::rx_kernel_drops`]): a
+    /// system call, made when the worker publishes its stats (every few
+    /// milliseconds while busy), not per burst. Default: nothing to read.
+    fn update_kernel_stats(&mut self) {}
+
     /// Removes the device behind the port for good (a persistent TAP is
     /// otherwise kept when the port is dropped). Default: just drop.
     fn destroy(self: Box<Self>) -> io::Result<()> {
@@ -89,6 +95,10 @@ pub struct PortOffload {
     /// Frames dropped on receive: longer than a buffer, a bad virtio-net header,
     /// or a superframe that could not be cut.
     pub rx_dropped: u64,
+    /// Frames the kernel dropped before the port could read them: its socket's
+    /// receive queue full (`AF_PACKET`), or its RX ring full or fill ring
+    /// empty (AF_XDP). As of the last [`Port::update_kernel_stats`].
+    pub rx_kernel_drops: u64,
 }
 
 /// A port whose wire is two queues in memory: tests push frames into `rx` and read

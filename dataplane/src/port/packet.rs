@@ -698,7 +698,13 @@ impl Port for PacketSocket {
             tx_gro_superframes: s.tx_gso,
             tx_gro_segments: s.tx_gso_segments,
             rx_dropped: s.rx_truncated + s.rx_gso_bad,
+            rx_kernel_drops: s.rx_kernel_drops,
         }
+    }
+
+    fn update_kernel_stats(&mut self) {
+        // Only a closed socket fails this; the next receive says so.
+        let _ = self.update_kernel_drops();
     }
 }
 

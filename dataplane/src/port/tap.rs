@@ -811,6 +811,10 @@ impl Port for Tap {
             tx_gro_superframes: s.tx_gro,
             tx_gro_segments: s.tx_gro_segments,
             rx_dropped: s.rx_oversize + s.rx_bad_vnet + s.rx_gso_bad + s.rx_gso_unsupported,
+            // What the pod queued past the TAP's queue is dropped by the pod's
+            // kernel, and counted there (its link's `tx_dropped`): no call on
+            // the TAP's file descriptor reads it.
+            rx_kernel_drops: 0,
         }
     }
 }

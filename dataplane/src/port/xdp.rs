@@ -214,6 +214,9 @@ pub struct XdpStats {
     /// Superframes handed to the send-only socket, and of those, refused by it.
     pub tx_whole: u64,
     pub tx_whole_refused: u64,
+    /// Frames the kernel dropped for this socket (RX ring full, no fill-ring
+    /// frame, too long), as of the last [`Port::update_kernel_stats`].
+    pub rx_kernel_drops: u64,
 }
 
 /// The uplink over AF_XDP: one receive queue of one interface.
@@ -435,8 +438,11 @@ impl XdpUplink {
             self.stats.tx_oversize += 1;
             return Ok(());
         }
-        if self.tx_descs.len() == MAX_BATCH {
-            self.flush_ring()?;
+        if self.tx_descs.len() == MAX_BATCH || self.tx_free.is_empty() {
+            if let Err(e) = self.flush_ring() {
+                self.stats.tx_refused += 1;
+                return Err(e);
+            }
         }
         let Some(addr) = self.tx_free.pop() else {
             self.stats.tx_refused += 1;
@@ -469,7 +475,10 @@ impl XdpUplink {
         self.stats.tx_cut += 1;
         for i in 0..count {
             if self.tx_descs.len() == MAX_BATCH || self.tx_free.is_empty() {
-                self.flush_ring()?;
+                if let Err(e) = self.flush_ring() {
+                    self.stats.tx_refused += (count - i) as u64;
+                    return Err(e);
+                }
             }
             let Some(addr) = self.tx_free.pop() else {
                 self.stats.tx_refused += (count - i) as u64;
@@ -643,14 +652,25 @@ impl Port for XdpUplink {
     }
 
     fn offload_stats(&self) -> PortOffload {
-        let Some(w) = &self.whole else {
-            return PortOffload::default();
-        };
-        let s = w.stats();
-        PortOffload {
-            tx_gro_superframes: s.tx_gso,
-            tx_gro_segments: s.tx_gso_segments,
+        let s = &self.stats;
+        let mut o = PortOffload {
+            rx_dropped: s.rx_oversize + s.rx_invalid + s.rx_no_buffer,
+            rx_kernel_drops: s.rx_kernel_drops,
             ..PortOffload::default()
+        };
+        if let Some(w) = &self.whole {
+            o.tx_gro_superframes = w.stats().tx_gso;
+            o.tx_gro_segments = w.stats().tx_gso_segments;
+        }
+        o
+    }
+
+    fn update_kernel_stats(&mut self) {
+        // The kernel's counters only grow; a closed socket keeps the last ones.
+        if let Ok(k) = self.xsk.kernel_stats() {
+            // A frame the fill ring had no room for counts in both
+            // `rx_dropped` and `rx_fill_ring_empty_descs`: not added twice.
+            self.stats.rx_kernel_drops = k.rx_dropped + k.rx_ring_full;
         }
     }
 
