@@ -11,7 +11,7 @@ mod common;
 use std::net::{Ipv4Addr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use common::{skip_unless_root, unique, unique_ifname, Netns};
+use common::{skip_unless_root, unique, unique_ifname, vxlan_inner_tcp, Netns};
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
 use sluice_dataplane::buf::{Batch, Packet, Pool, DEFAULT_BUF_SIZE};
 use sluice_dataplane::port::packet::{KernelSinks, PacketError, PacketSocket, UplinkFilter};
@@ -107,6 +107,13 @@ impl Nodes {
             KernelSinks::open(A_IP, vxlan_port, ipip)
         })
         .expect("entering A")
+    }
+
+    /// A's uplink socket taking VXLAN, its kernel sinks, and a pool of 256.
+    fn vxlan_on_a(&self) -> (PacketSocket, KernelSinks, Pool) {
+        let sock = self.open(&UplinkFilter::vxlan(A_IP));
+        let sinks = self.sinks(Some(4789), false).expect("sinks");
+        (sock, sinks, Pool::new(256, DEFAULT_BUF_SIZE))
     }
 
     fn udp_from_b(&self, dst: Ipv4Addr, port: u16, payloads: &[&[u8]]) {
@@ -283,9 +290,7 @@ fn a_full_receive_queue_is_counted_as_kernel_drops() {
         return;
     }
     let nodes = Nodes::new();
-    let mut sock = nodes.open(&UplinkFilter::vxlan(A_IP));
-    let _sinks = nodes.sinks(Some(4789), false).expect("sinks");
-    let mut pool = Pool::new(256, DEFAULT_BUF_SIZE);
+    let (mut sock, _sinks, mut pool) = nodes.vxlan_on_a();
     sock.update_kernel_stats();
     assert_eq!(sock.offload_stats().rx_kernel_drops, 0);
 
@@ -317,9 +322,7 @@ fn vxlan_is_taken_whole_and_the_node_traffic_is_not() {
         return;
     }
     let nodes = Nodes::new();
-    let mut sock = nodes.open(&UplinkFilter::vxlan(A_IP));
-    let _sinks = nodes.sinks(Some(4789), false).expect("sinks");
-    let mut pool = Pool::new(256, DEFAULT_BUF_SIZE);
+    let (mut sock, _sinks, mut pool) = nodes.vxlan_on_a();
     let a_mac = sock.mac();
 
     // (b) The node's own traffic still works, and is not taken.
@@ -885,21 +888,9 @@ fn tcp_superframes_leave_whole_and_arrive_valid() {
             outer.header_checksum(),
             outer.to_header().calc_header_checksum()
         );
-        let sp = SlicedPacket::from_ethernet(&g[50..]).expect("inner frame");
-        let (Some(NetSlice::Ipv4(ip)), Some(TransportSlice::Tcp(tcp))) = (sp.net, sp.transport)
-        else {
-            panic!("segment {i} is not TCP/IPv4");
-        };
-        let ih = ip.header().to_header();
-        assert_eq!(ih.header_checksum, ih.calc_header_checksum(), "segment {i}");
-        let th = tcp.to_header();
-        assert_eq!(
-            th.checksum,
-            th.calc_checksum_ipv4(&ih, tcp.payload()).unwrap(),
-            "segment {i}"
-        );
-        assert_eq!(th.sequence_number, 0xfff0_0000 + (i * 1398) as u32);
-        joined.extend_from_slice(tcp.payload());
+        let (seq, payload) = vxlan_inner_tcp(g, &format!("segment {i}"));
+        assert_eq!(seq, 0xfff0_0000 + (i * 1398) as u32);
+        joined.extend_from_slice(&payload);
     }
     assert!(joined == data, "the data arrived changed or out of order");
 

@@ -17,8 +17,8 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{skip_unless_root, unique, unique_ifname, Netns};
-use etherparse::{IpNumber, Ipv4Header, NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
+use common::{skip_unless_root, unique, unique_ifname, vxlan_inner_tcp, Netns};
+use etherparse::{IpNumber, Ipv4Header, PacketBuilder};
 use nix::sys::socket::{
     sendto, socket, AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType, SockaddrIn,
 };
@@ -690,21 +690,9 @@ fn superframes_leave_in_order(socket: bool) {
         for i in 0..segments {
             let g = &got[at];
             assert_eq!(udp_dst_port(g), Some(4789), "frame {at}");
-            let sp = SlicedPacket::from_ethernet(&g[50..]).expect("inner frame");
-            let (Some(NetSlice::Ipv4(ip)), Some(TransportSlice::Tcp(tcp))) = (sp.net, sp.transport)
-            else {
-                panic!("frame {at} is not a TCP segment");
-            };
-            let ih = ip.header().to_header();
-            assert_eq!(ih.header_checksum, ih.calc_header_checksum(), "frame {at}");
-            let th = tcp.to_header();
-            assert_eq!(
-                th.checksum,
-                th.calc_checksum_ipv4(&ih, tcp.payload()).unwrap(),
-                "frame {at}: inner TCP checksum"
-            );
-            assert_eq!(th.sequence_number, seq + (i * mss) as u32, "frame {at}");
-            joined.extend_from_slice(tcp.payload());
+            let (got_seq, payload) = vxlan_inner_tcp(g, &format!("frame {at}"));
+            assert_eq!(got_seq, seq + (i * mss) as u32, "frame {at}");
+            joined.extend_from_slice(&payload);
             at += 1;
         }
         assert!(

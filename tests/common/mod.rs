@@ -256,3 +256,29 @@ impl Drop for Child {
         }
     }
 }
+
+/// The TCP segment a VXLAN frame carries (outer Ethernet, IPv4 without
+/// options and UDP, then VXLAN and the inner Ethernet frame): its sequence
+/// number and payload, after checking that the inner IPv4 and TCP checksums
+/// are complete and right. `what` names the frame in a failure.
+pub fn vxlan_inner_tcp(frame: &[u8], what: &str) -> (u32, Vec<u8>) {
+    use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+    let sp = SlicedPacket::from_ethernet(&frame[50..])
+        .unwrap_or_else(|e| panic!("{what}: inner frame: {e}"));
+    let (Some(NetSlice::Ipv4(ip)), Some(TransportSlice::Tcp(tcp))) = (sp.net, sp.transport) else {
+        panic!("{what} is not TCP/IPv4");
+    };
+    let ih = ip.header().to_header();
+    assert_eq!(
+        ih.header_checksum,
+        ih.calc_header_checksum(),
+        "{what}: inner IPv4 checksum"
+    );
+    let th = tcp.to_header();
+    assert_eq!(
+        th.checksum,
+        th.calc_checksum_ipv4(&ih, tcp.payload()).unwrap(),
+        "{what}: inner TCP checksum"
+    );
+    (th.sequence_number, tcp.payload().to_vec())
+}
