@@ -50,6 +50,16 @@ pub struct RuntimeConfig {
     /// How long a worker keeps polling after its last packet before it
     /// sleeps in epoll (busy-poll window).
     pub busy_poll: Duration,
+    /// How long a worker keeps polling after its last packet while no other
+    /// task wants its CPU, past `busy_poll`: each empty round from then on
+    /// yields once (`sched_yield`), and one that returns at once (nobody
+    /// else ran) polls on, while one that let another task run ends the
+    /// window. A worker sharing its core with a request/response application
+    /// then still holds the CPU when the answer comes, as the application
+    /// waits for it (a CPU that halts and is woken by another costs tens of
+    /// microseconds on a VM), and a sender sharing the core gets it as soon
+    /// as it wants it. Not above `busy_poll`: off.
+    pub idle_poll: Duration,
     /// After a round that sent frames to a port whose reader runs on this
     /// machine ([`Port::feeds_local_reader`]: a pod or the node behind a
     /// TAP), give up the CPU (`sched_yield`) so that reader can take them
@@ -88,6 +98,7 @@ impl Default for RuntimeConfig {
             // sender that shares the worker's core: 64-byte UDP through the
             // socket uplink fell from 105-114 kpps at 30 us to 77-78 at 200.
             busy_poll: Duration::from_micros(30),
+            idle_poll: Duration::from_micros(200),
             yield_on_delivery: true,
             nice: None,
             burst: 64,
@@ -621,6 +632,31 @@ fn transmit_cut(
     }
 }
 
+/// Whether a worker that has had no work for `idle_for` ns sleeps now: once
+/// `busy_poll` has passed, unless `idle_poll` has not and `unwanted` says no
+/// other task wants the CPU (asked only then: it yields).
+fn sleeps_now(
+    idle_for: u64,
+    busy_poll: u64,
+    idle_poll: u64,
+    unwanted: impl FnOnce() -> bool,
+) -> bool {
+    idle_for >= busy_poll && !(idle_for < idle_poll && unwanted())
+}
+
+/// Gives up the CPU once and says whether nobody took it: the call came back
+/// in less than [`YIELD_UNWANTED`], so no other task was waiting to run here.
+fn cpu_unwanted() -> bool {
+    let t = Instant::now();
+    std::thread::yield_now();
+    t.elapsed() < YIELD_UNWANTED
+}
+
+/// A `sched_yield` that switched to another task and back takes at least two
+/// context switches and that task's turn; one with nobody to switch to, well
+/// under a microsecond.
+const YIELD_UNWANTED: Duration = Duration::from_micros(5);
+
 impl<P: Policy> Worker<P> {
     fn run(mut self) {
         if let Some(c) = self.core {
@@ -645,6 +681,7 @@ impl<P: Policy> Worker<P> {
         let mut last_work: u64 = 0;
         let mut last_round: u64 = 0;
         let busy_poll = self.cfg.busy_poll.as_nanos() as u64;
+        let idle_poll = self.cfg.idle_poll.as_nanos() as u64;
         // One clock read per round (`now` below) serves the busy-poll window
         // and the publishing interval both.
         const PUBLISH_NS: u64 = 50_000_000;
@@ -654,7 +691,8 @@ impl<P: Policy> Worker<P> {
             loops += 1;
             self.shared.heartbeat.store(loops, Ordering::Relaxed);
             self.handle_commands();
-            let timeout = if last_round.saturating_sub(last_work) >= busy_poll {
+            let idle_for = last_round.saturating_sub(last_work);
+            let timeout = if sleeps_now(idle_for, busy_poll, idle_poll, cpu_unwanted) {
                 self.stats.sleeps += 1;
                 self.publish();
                 last_publish = last_round;
@@ -1109,6 +1147,38 @@ mod tests {
     }
 
     #[test]
+    fn past_the_window_a_worker_polls_on_only_while_nobody_wants_its_cpu() {
+        let asked = std::cell::Cell::new(0);
+        let ask = |answer: bool| {
+            let asked = &asked;
+            move || {
+                asked.set(asked.get() + 1);
+                answer
+            }
+        };
+        // (idle for, busy_poll, idle_poll, nobody else wants the CPU) -> sleeps
+        for (idle, busy, idle_poll, unwanted, sleeps, asks) in [
+            (10, 30, 200, true, false, 0),
+            (10, 30, 200, false, false, 0),
+            (30, 30, 200, true, false, 1),
+            (30, 30, 200, false, true, 1),
+            (199, 30, 200, true, false, 1),
+            (200, 30, 200, true, true, 0),
+            // idle_poll not above busy_poll: off.
+            (30, 30, 30, true, true, 0),
+            (30, 30, 0, true, true, 0),
+        ] {
+            asked.set(0);
+            assert_eq!(
+                sleeps_now(idle, busy, idle_poll, ask(unwanted)),
+                sleeps,
+                "idle {idle}, busy_poll {busy}, idle_poll {idle_poll}, unwanted {unwanted}"
+            );
+            assert_eq!(asked.get(), asks, "idle {idle}: yields");
+        }
+    }
+
+    #[test]
     fn idle_worker_polls_for_the_window_then_sleeps() {
         let tables = testkit::node_a(Mode::Vxlan, 0, 0);
         let start = |busy_poll| {
@@ -1116,6 +1186,7 @@ mod tests {
                 pin: false,
                 pool_size: 64,
                 busy_poll,
+                idle_poll: Duration::ZERO,
                 ..Default::default()
             };
             Runtime::start(&cfg, &tables, || AllowAll).unwrap()

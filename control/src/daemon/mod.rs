@@ -72,6 +72,9 @@ pub struct Settings {
     pub conntrack_size: usize,
     /// How long a worker polls after its last packet before it sleeps.
     pub busy_poll: Duration,
+    /// How long a worker polls past `busy_poll` while no other task wants its
+    /// CPU ([`RuntimeConfig::idle_poll`]).
+    pub idle_poll: Duration,
     /// Yield the CPU after delivering to a local reader (see
     /// [`RuntimeConfig::yield_on_delivery`]).
     pub yield_on_delivery: bool,
@@ -138,6 +141,7 @@ impl Settings {
             host_ifname: r.host_ifname.clone(),
             conntrack_size: r.conntrack_size as usize,
             busy_poll: r.busy_poll,
+            idle_poll: r.idle_poll,
             yield_on_delivery: r.yield_on_delivery,
             worker_nice: r.worker_nice,
             tap_queue_len: r.tap_queue_len,
@@ -309,6 +313,7 @@ pub fn run(s: Settings, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
     let rt_cfg = RuntimeConfig {
         workers: s.workers,
         busy_poll: s.busy_poll,
+        idle_poll: s.idle_poll,
         yield_on_delivery: s.yield_on_delivery,
         nice: Some(s.worker_nice),
         ..RuntimeConfig::default()
