@@ -3,9 +3,10 @@
 //!
 //! A worker learns which of its ports have frames waiting from epoll (one
 //! `epoll_wait(0)` per loop instead of a `read` per port), busy-polls while
-//! traffic flows, and once `busy_poll` has passed without work sleeps in epoll
-//! until a port's fd becomes readable or the control plane wakes it, so an idle
-//! node costs close to nothing. After a round that delivered to a pod or the
+//! traffic flows, and once `busy_poll` has passed without work (or up to
+//! `idle_poll`, while no other task wants its CPU) sleeps in epoll until a
+//! port's fd becomes readable or the control plane wakes it, so an idle node
+//! costs close to nothing. After a round that delivered to a pod or the
 //! node (a TAP) it yields its CPU once, so that a reader sharing the core takes
 //! what it was given before the worker goes on (`yield_on_delivery`).
 //!
