@@ -99,6 +99,9 @@ impl Default for RuntimeConfig {
             // sender that shares the worker's core: 64-byte UDP through the
             // socket uplink fell from 105-114 kpps at 30 us to 77-78 at 200.
             busy_poll: Duration::from_micros(30),
+            // Polling on while nobody else wants the CPU kept every round trip
+            // at 22-25 us (23-110 without) and cost no sender its rate
+            // (BENCHMARKS.md, "Polling on while nobody else wants the CPU").
             idle_poll: Duration::from_micros(200),
             yield_on_delivery: true,
             nice: None,
