@@ -219,18 +219,13 @@ fn open_uplink(s: &Settings) -> Result<(BoxPort, String, String, KernelGuards), 
         cfg.superframe_socket = s.xdp_superframe_socket;
         match XdpUplink::open(&s.uplink, &cfg) {
             Ok(x) => {
-                let reason = match x.superframe_socket() {
-                    Ok(true) => {
-                        "AF_XDP socket bound; superframes sent whole through a packet socket".into()
-                    }
-                    Ok(false) if vxlan.is_some() => {
-                        "AF_XDP socket bound; superframes cut into frames (configured)".into()
-                    }
-                    Ok(false) => "AF_XDP socket bound; superframes cut into frames".into(),
-                    Err(e) => format!(
-                        "AF_XDP socket bound; superframes cut into frames (packet socket: {e})"
-                    ),
+                let how = match x.superframe_socket() {
+                    Ok(true) => "sent whole through a packet socket".to_owned(),
+                    Ok(false) if vxlan.is_some() => "cut into frames (configured)".to_owned(),
+                    Ok(false) => "cut into frames".to_owned(),
+                    Err(e) => format!("cut into frames (packet socket: {e})"),
                 };
+                let reason = format!("AF_XDP socket bound; superframes {how}");
                 net::NativeBypass::remove_stale();
                 let guards = KernelGuards {
                     _sinks: None,

@@ -438,15 +438,12 @@ impl XdpUplink {
             self.stats.tx_oversize += 1;
             return Ok(());
         }
-        if self.tx_descs.len() == MAX_BATCH || self.tx_free.is_empty() {
-            if let Err(e) = self.flush_ring() {
+        let addr = match self.free_frame() {
+            Ok(Some(addr)) => addr,
+            r => {
                 self.stats.tx_refused += 1;
-                return Err(e);
+                return r.map(|_| ());
             }
-        }
-        let Some(addr) = self.tx_free.pop() else {
-            self.stats.tx_refused += 1;
-            return Ok(());
         };
         if self.xsk.write_frame(addr, data) {
             self.tx_descs.push((addr, data.len() as u32));
@@ -474,15 +471,12 @@ impl XdpUplink {
         }
         self.stats.tx_cut += 1;
         for i in 0..count {
-            if self.tx_descs.len() == MAX_BATCH || self.tx_free.is_empty() {
-                if let Err(e) = self.flush_ring() {
+            let addr = match self.free_frame() {
+                Ok(Some(addr)) => addr,
+                r => {
                     self.stats.tx_refused += (count - i) as u64;
-                    return Err(e);
+                    return r.map(|_| ());
                 }
-            }
-            let Some(addr) = self.tx_free.pop() else {
-                self.stats.tx_refused += (count - i) as u64;
-                return Ok(());
             };
             match self
                 .xsk
@@ -501,6 +495,16 @@ impl XdpUplink {
             }
         }
         Ok(())
+    }
+
+    /// A free UMEM frame for one more descriptor, flushing the TX ring first
+    /// when the queue is full or no frame is free (sending frees some); `None`
+    /// if there is none even then.
+    fn free_frame(&mut self) -> io::Result<Option<u64>> {
+        if self.tx_descs.len() == MAX_BATCH || self.tx_free.is_empty() {
+            self.flush_ring()?;
+        }
+        Ok(self.tx_free.pop())
     }
 
     /// Puts the queued descriptors on the TX ring, wakes the kernel's transmit
@@ -530,20 +534,23 @@ impl XdpUplink {
         Ok(())
     }
 
-    /// Sends the superframes waiting for the send-only socket.
-    fn flush_whole(&mut self, pool: &mut Pool) {
+    /// Sends the superframes waiting for the send-only socket; an error is
+    /// the socket's (the link gone), with none of them sent.
+    fn flush_whole(&mut self, pool: &mut Pool) -> io::Result<()> {
         if self.whole_batch.is_empty() {
-            return;
+            return Ok(());
         }
         let n = self.whole_batch.len();
         let sent = match self.whole.as_mut() {
-            Some(w) => w.tx_burst(pool, &mut self.whole_batch).unwrap_or(0),
-            None => 0,
+            Some(w) => w.tx_burst(pool, &mut self.whole_batch),
+            None => Ok(0),
         };
         self.whole_batch.clear_into(pool);
+        let k = *sent.as_ref().unwrap_or(&0);
         self.stats.tx_whole += n as u64;
-        self.stats.tx_whole_refused += (n - sent) as u64;
-        self.tx_sent += sent;
+        self.stats.tx_whole_refused += (n - k) as u64;
+        self.tx_sent += k;
+        sent.map(|_| ())
     }
 
     /// Takes sent frames back from the completion ring.
@@ -612,33 +619,39 @@ impl Port for XdpUplink {
         self.tx_sent = 0;
         let mut failed = None;
         for p in batch.drain() {
-            let r = if !p.meta.is_superframe() {
-                self.flush_whole(pool);
-                self.queue_frame(&p)
-            } else if self
-                .whole
-                .as_ref()
-                .is_some_and(|w| w.takes_superframes() && w.sends_udp_superframes(&p))
-            {
-                if let Err(e) = self.flush_ring() {
-                    failed.get_or_insert(e);
-                }
+            let whole = p.meta.is_superframe()
+                && self
+                    .whole
+                    .as_ref()
+                    .is_some_and(|w| w.takes_superframes() && w.sends_udp_superframes(&p));
+            // The batch's order holds: what waits for the other path goes first.
+            let flushed = if whole {
+                self.flush_ring()
+            } else {
+                self.flush_whole(pool)
+            };
+            let r = if whole {
                 self.whole_batch.push(p);
                 if self.whole_batch.is_full() {
-                    self.flush_whole(pool);
+                    self.flush_whole(pool)
+                } else {
+                    Ok(())
                 }
-                continue;
             } else {
-                self.flush_whole(pool);
-                self.cut_superframe(&p)
+                let r = if p.meta.is_superframe() {
+                    self.cut_superframe(&p)
+                } else {
+                    self.queue_frame(&p)
+                };
+                pool.free(p);
+                r
             };
-            pool.free(p);
-            if let Err(e) = r {
+            for e in [flushed, r].into_iter().filter_map(Result::err) {
                 failed.get_or_insert(e);
             }
         }
-        self.flush_whole(pool);
-        if let Err(e) = self.flush_ring() {
+        let rest = [self.flush_whole(pool), self.flush_ring()];
+        for e in rest.into_iter().filter_map(Result::err) {
             failed.get_or_insert(e);
         }
         match failed {
