@@ -79,6 +79,59 @@ fn native_af_xdp() {
     pod_to_pod("native", "af_xdp");
 }
 
+/// `auto` on a veth uplink: AF_XDP binds there, but only in copy mode. In
+/// VXLAN (and native) mode sluiced lets it go, the XDP program detached
+/// again, and runs the uplink on kernel sockets, which carry superframes
+/// whole, saying why; in IPIP mode, whose superframes no socket carries, it
+/// keeps AF_XDP.
+fn auto_backend(mode: &str, want: &str) {
+    if skip_unless_root() {
+        return;
+    }
+    let (_u, a, b) = two_peered_nodes(&format!("au{}", &mode[..1]), mode, "auto");
+    let a1 = a.add_pod("a1");
+    let b1 = b.add_pod("b1");
+    assert!(
+        a1.ping_until(b1.ip, Duration::from_secs(10)),
+        "a1 -> b1\nA:\n{}\nB:\n{}",
+        a.log(),
+        b.log()
+    );
+    for n in [&a, &b] {
+        let status = n.ctl_json("status");
+        assert_eq!(status["backend"], want, "{status}");
+        let reason = status["backend_reason"].as_str().unwrap_or_default();
+        let link = n.ns.exec("ip", &["-d", "link", "show", "ul0"]);
+        let link = String::from_utf8_lossy(&link.stdout);
+        if want == "socket" {
+            assert!(
+                reason.contains("AF_XDP binds only in copy mode on ul0 (native XDP)")
+                    && reason.ends_with("using kernel sockets"),
+                "{reason}"
+            );
+            assert!(
+                !link.contains("prog/xdp"),
+                "XDP program left attached:\n{link}"
+            );
+        } else {
+            assert!(reason.starts_with("AF_XDP socket bound"), "{reason}");
+            assert!(link.contains("prog/xdp"), "no XDP program on ul0:\n{link}");
+        }
+    }
+    let bytes = a1.tcp_transfer(&b1, 1);
+    assert!(bytes > 1e6, "TCP a1 -> b1 moved {bytes} bytes");
+}
+
+#[test]
+fn auto_takes_sockets_where_af_xdp_would_copy() {
+    auto_backend("vxlan", "socket");
+}
+
+#[test]
+fn auto_keeps_af_xdp_for_ipip() {
+    auto_backend("ipip", "af_xdp");
+}
+
 /// Packets the node's kernel dropped in sluiced's nftables table (its copies
 /// of pod traffic the uplink socket took); `None` without the table.
 fn native_drops(ns: &Netns) -> Option<u64> {

@@ -1198,8 +1198,9 @@ uplink = "eth0"
 # where peers send them. Default: the uplink's first IPv4 address.
 # node_ip = "198.18.0.1"
 
-# How the uplink is driven: "auto" (AF_XDP where the driver allows, else a
-# packet socket), "af_xdp" or "socket".
+# How the uplink is driven: "auto" (AF_XDP where the driver binds it
+# zero-copy, and in IPIP mode; else a packet socket, which in copy mode
+# carries more), "af_xdp" or "socket".
 # uplink_backend = "auto"
 
 # With AF_XDP, which has no segmentation offload, in VXLAN mode: send a pod's

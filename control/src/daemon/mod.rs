@@ -27,7 +27,9 @@ use sluice_dataplane::wire::MacAddr;
 /// Which uplink backend to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Backend {
-    /// AF_XDP when the kernel allows it, else kernel sockets.
+    /// AF_XDP where the driver binds it zero-copy or the mode is IPIP, else
+    /// kernel sockets (in copy mode they carry more, as they move VXLAN and
+    /// native superframes whole).
     #[default]
     Auto,
     AfXdp,
@@ -218,6 +220,23 @@ fn open_uplink(s: &Settings) -> Result<(BoxPort, String, String, KernelGuards), 
         cfg.native_prefixes = native.clone();
         cfg.superframe_socket = s.xdp_superframe_socket;
         match XdpUplink::open(&s.uplink, &cfg) {
+            // In copy mode every frame is copied into the UMEM and, on
+            // receive, arrives cut to the MTU (no GRO in front of XDP), while
+            // kernel sockets carry VXLAN and native superframes whole both
+            // ways: on a veth uplink they moved 1.6–3.1× more TCP per stream
+            // at 8–13% fewer 64-byte packets per second (BENCHMARKS.md). No
+            // socket carries an IPIP superframe (virtio-net has no GSO type
+            // for it), and there AF_XDP was ahead or level on every figure.
+            // `auto` keeps AF_XDP for drivers that bind it zero-copy and for
+            // IPIP; `af_xdp` forces it.
+            Ok(x) if s.backend == Backend::Auto && s.mode != Mode::Ipip && !x.is_zerocopy() => {
+                let mode = x.mode();
+                drop(x);
+                Some(format!(
+                    "AF_XDP binds only in copy mode on {} ({mode} XDP); kernel sockets move superframes whole",
+                    s.uplink
+                ))
+            }
             Ok(x) => {
                 let how = match x.superframe_socket() {
                     Ok(true) => "sent whole through a packet socket".to_owned(),
@@ -239,7 +258,7 @@ fn open_uplink(s: &Settings) -> Result<(BoxPort, String, String, KernelGuards), 
                     reason: e.to_string(),
                 })
             }
-            Err(e) => Some(e.to_string()),
+            Err(e) => Some(format!("AF_XDP not available ({e})")),
         }
     } else {
         None
@@ -281,7 +300,7 @@ fn open_uplink(s: &Settings) -> Result<(BoxPort, String, String, KernelGuards), 
         reason: e.to_string(),
     })?;
     let mut reason = match xdp_err {
-        Some(e) => format!("AF_XDP not available ({e}); using kernel sockets"),
+        Some(why) => format!("{why}; using kernel sockets"),
         None => "kernel sockets (configured)".into(),
     };
     if let Some(n) = native_note {
