@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::cluster::{two_peered_nodes, Node, Pod};
+use common::cluster::{two_peered_nodes, Node, Pod, Underlay};
 use common::skip_unless_root;
 use sluice_dataplane::sys::netns::in_netns;
 
@@ -525,4 +525,70 @@ fn parser_reads_the_text_format() {
     assert!(parse("x{a=\"1} 2\n").is_err());
     assert!(parse("1x 2\n").is_err());
     assert!(parse("x two\n").is_err());
+}
+
+/// Stops or resumes a process (the test's stand-in for a worker too busy to
+/// read), by `kill -STOP` / `kill -CONT`.
+fn signal(pid: u32, sig: &str) {
+    let out = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .output()
+        .expect("running kill");
+    assert!(out.status.success(), "kill {sig} {pid}: {out:?}");
+}
+
+/// A pod that sends while nothing reads its TAP (sluiced stopped) loses what
+/// the TAP's queue cannot hold. Its port counts those frames, in `sluicectl
+/// stats` and as `sluice_pod_tx_kernel_drops_total`, exactly as the pod's
+/// `eth0` counts them; a pod that sent nothing counts none.
+#[test]
+fn frames_a_pods_queue_could_not_hold_are_counted() {
+    if skip_unless_root() {
+        return;
+    }
+    let u = Underlay::new("kd");
+    let mut a = Node::new(&u, "kd", 1, "vxlan", "socket");
+    a.extra_config += "tap_queue_len = 64\n";
+    a.start();
+    let pa = a.add_pod("pa");
+    let pb = a.add_pod("pb");
+    // Resolves the gateway's MAC in pa, so that pa's datagrams go straight
+    // to its TAP below.
+    assert!(pa.ping(pb.ip, 1), "pa -> pb");
+
+    let pid = a.pid().expect("sluiced running");
+    signal(pid, "-STOP");
+    let flood = format!(
+        "for i in $(seq 300); do echo x > /dev/udp/{}/9; done",
+        pb.ip
+    );
+    let sent = pa.ns.exec("bash", &["-c", &flood]);
+    signal(pid, "-CONT");
+    assert!(sent.status.success(), "{sent:?}");
+    let dropped = pa.ns.link_counter("eth0", "tx_dropped");
+    assert!(dropped >= 200, "pa's kernel dropped {dropped} of 300");
+    assert_eq!(pb.ns.link_counter("eth0", "tx_dropped"), 0);
+
+    let pa_l = [("namespace", "default"), ("pod", "pa")];
+    let pb_l = [("namespace", "default"), ("pod", "pb")];
+    let s = scrape_until(&a, "pa's queue drops", |s| {
+        s.get("sluice_pod_tx_kernel_drops_total", &pa_l) >= dropped as f64
+    });
+    assert_eq!(
+        s.get("sluice_pod_tx_kernel_drops_total", &pa_l),
+        dropped as f64
+    );
+    assert!(s.has("sluice_pod_tx_kernel_drops_total", &pb_l));
+    assert_eq!(s.get("sluice_pod_tx_kernel_drops_total", &pb_l), 0.0);
+    let ports = a.ctl_json("stats")["ports"].clone();
+    let pods: Vec<u64> = ports
+        .as_array()
+        .expect("ports")
+        .iter()
+        .filter(|p| p["port"].as_str().is_some_and(|id| id.starts_with("pod")))
+        .map(|p| p["rx_kernel_drops"].as_u64().expect("rx_kernel_drops"))
+        .collect();
+    let mut sorted = pods.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, [0, dropped], "pod ports: {ports}");
 }

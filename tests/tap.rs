@@ -313,6 +313,61 @@ fn pod_pings_its_gateway_through_the_tap() {
     );
 }
 
+/// What the pod queues past the TAP's queue while the port does not read is
+/// dropped by the pod's kernel, and the port counts it as `rx_kernel_drops`:
+/// the device's `tx_dropped`, read from the namespace the TAP is in now (it
+/// was opened in the node's and moved), counted once, and only what was
+/// dropped since the port was opened.
+#[test]
+fn frames_dropped_in_front_of_the_tap_are_counted() {
+    if skip_unless_root() {
+        return;
+    }
+    let mut pool = Pool::new(256, DEFAULT_BUF_SIZE);
+    let opts = TapOptions::new();
+    let mut pod = Pod::new(&opts);
+    ping_gateway(&mut pod, &mut pool);
+    pod.tap().update_kernel_stats();
+    assert_eq!(pod.tap().offload_stats().rx_kernel_drops, 0);
+
+    pod.pod
+        .exec_ok("ip", &["link", "set", "eth0", "txqueuelen", "16"]);
+    let flood = "for i in $(seq 300); do echo x > /dev/udp/198.19.8.1/9; done";
+    pod.pod.exec_ok("bash", &["-c", flood]);
+    let dropped = pod.pod.link_counter("eth0", "tx_dropped");
+    assert!(dropped >= 250, "the pod's kernel dropped {dropped} of 300");
+    pod.tap().update_kernel_stats();
+    assert_eq!(pod.tap().offload_stats().rx_kernel_drops, dropped);
+    assert_eq!(pod.tap().stats().rx_kernel_drops, dropped);
+
+    // Reading what was queued drops nothing more, and a second read of the
+    // counters adds nothing.
+    let mut rx = Batch::new();
+    while pod.tap().rx_burst(&mut pool, &mut rx, 32).unwrap() > 0 {
+        rx.clear_into(&mut pool);
+    }
+    pod.tap().update_kernel_stats();
+    assert_eq!(pod.tap().offload_stats().rx_kernel_drops, dropped);
+
+    // Sluice restarts: the new port counts from when it opened.
+    drop(pod.tap.take());
+    let pod_ns = pod.pod.handle();
+    pod.tap = Some(
+        in_netns(&pod_ns, || Tap::attach("eth0", &opts))
+            .unwrap()
+            .expect("attach"),
+    );
+    // The link has its carrier back (and its qdisc) once a ping goes through.
+    ping_gateway(&mut pod, &mut pool);
+    pod.tap().update_kernel_stats();
+    assert_eq!(pod.tap().offload_stats().rx_kernel_drops, 0);
+    pod.pod.exec_ok("bash", &["-c", flood]);
+    let more = pod.pod.link_counter("eth0", "tx_dropped") - dropped;
+    assert!(more >= 250, "the pod's kernel dropped {more} of 300 more");
+    pod.tap().update_kernel_stats();
+    assert_eq!(pod.tap().offload_stats().rx_kernel_drops, more);
+}
+
 #[test]
 fn persistent_tap_survives_its_fd_and_is_attached_again() {
     if skip_unless_root() {

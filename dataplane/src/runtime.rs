@@ -689,7 +689,11 @@ impl<P: Policy> Worker<P> {
         // One clock read per round (`now` below) serves the busy-poll window
         // and the publishing interval both.
         const PUBLISH_NS: u64 = 50_000_000;
+        // The kernel's counters of the ports (a system call or two per port,
+        // many ports per worker) are read less often than the worker's own.
+        const KERNEL_STATS_NS: u64 = 200_000_000;
         let mut last_publish: u64 = 0;
+        let mut last_kernel: u64 = 0;
         let mut loops: u64 = 0;
         while !self.shared.stop.load(Ordering::Acquire) {
             loops += 1;
@@ -698,8 +702,12 @@ impl<P: Policy> Worker<P> {
             let idle_for = last_round.saturating_sub(last_work);
             let timeout = if sleeps_now(idle_for, busy_poll, idle_poll, cpu_unwanted) {
                 self.stats.sleeps += 1;
-                self.publish();
+                let kernel = last_round.saturating_sub(last_kernel) >= KERNEL_STATS_NS;
+                self.publish(kernel);
                 last_publish = last_round;
+                if kernel {
+                    last_kernel = last_round;
+                }
                 Some(self.cfg.max_sleep)
             } else {
                 Some(Duration::ZERO)
@@ -732,11 +740,15 @@ impl<P: Policy> Worker<P> {
             }
             last_round = now;
             if now.saturating_sub(last_publish) >= PUBLISH_NS {
-                self.publish();
+                let kernel = now.saturating_sub(last_kernel) >= KERNEL_STATS_NS;
+                self.publish(kernel);
                 last_publish = now;
+                if kernel {
+                    last_kernel = now;
+                }
             }
         }
-        self.publish();
+        self.publish(true);
     }
 
     fn handle_commands(&mut self) {
@@ -979,7 +991,9 @@ impl<P: Policy> Worker<P> {
         n
     }
 
-    fn publish(&mut self) {
+    /// Publishes the worker's stats; with `kernel`, reads the kernel's
+    /// counters of its ports first ([`Port::update_kernel_stats`]).
+    fn publish(&mut self, kernel: bool) {
         self.stats.counters = self.pipeline.counters().clone();
         self.stats.policy = self.pipeline.policy.stats();
         self.stats.ports = self
@@ -988,7 +1002,9 @@ impl<P: Policy> Worker<P> {
             .flatten()
             .map(|p| {
                 let mut stats = p.stats.clone();
-                p.port.update_kernel_stats();
+                if kernel {
+                    p.port.update_kernel_stats();
+                }
                 stats.offload = p.port.offload_stats();
                 (p.id, p.name.clone(), stats)
             })

@@ -231,7 +231,7 @@ pub fn render(snapshot: Snapshot) -> Result<String, MetricsError> {
 /// pod's point of view.
 type PortField = (&'static str, &'static str, fn(&PortStats) -> u64);
 
-const POD_COUNTERS: [PortField; 12] = [
+const POD_COUNTERS: [PortField; 13] = [
     (
         "pod_rx_packets",
         "Packets Sluice delivered to the pod (its interface's tx)",
@@ -285,6 +285,11 @@ const POD_COUNTERS: [PortField; 12] = [
         "pod_tx_dropped",
         "Frames from the pod dropped before forwarding: longer than a buffer, a bad offload header, or a malformed superframe",
         |s| s.offload.rx_dropped,
+    ),
+    (
+        "pod_tx_kernel_drops",
+        "Frames the pod sent that its interface's queue could not hold: dropped by the kernel before Sluice read them",
+        |s| s.offload.rx_kernel_drops,
     ),
 ];
 
@@ -350,7 +355,7 @@ const PORT_COUNTERS: [PortField; 14] = [
     ),
     (
         "port_rx_kernel_drops",
-        "Frames the kernel dropped before a node port could read them (socket queue or AF_XDP ring full)",
+        "Frames the kernel dropped before a node port could read them (socket queue, AF_XDP ring or TAP queue full)",
         |s| s.offload.rx_kernel_drops,
     ),
 ];

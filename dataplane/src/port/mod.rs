@@ -61,10 +61,10 @@ pub trait Port {
         PortOffload::default()
     }
 
-    /// Reads the kernel's counters of the port's socket into what
+    /// Reads the kernel's counters of the port's socket or device into what
     /// [`Port::offload_stats`] reports ([`PortOffload::rx_kernel_drops`]): a
-    /// system call, made when the worker publishes its stats (every few
-    /// milliseconds while busy), not per burst. Default: nothing to read.
+    /// system call or a few, made when the worker publishes its stats (at
+    /// most every 200 ms), not per burst. Default: nothing to read.
     fn update_kernel_stats(&mut self) {}
 
     /// Removes the device behind the port for good (a persistent TAP is
@@ -96,8 +96,9 @@ pub struct PortOffload {
     /// or a superframe that could not be cut.
     pub rx_dropped: u64,
     /// Frames the kernel dropped before the port could read them: its socket's
-    /// receive queue full (`AF_PACKET`), or its RX ring full or fill ring
-    /// empty (AF_XDP). As of the last [`Port::update_kernel_stats`].
+    /// receive queue full (`AF_PACKET`), its RX ring full or fill ring empty
+    /// (AF_XDP), or the device's queue full (a TAP: what a pod sent faster
+    /// than the worker read). As of the last [`Port::update_kernel_stats`].
     pub rx_kernel_drops: u64,
 }
 
