@@ -80,10 +80,11 @@ fn native_af_xdp() {
 }
 
 /// `auto` on a veth uplink: AF_XDP binds there, but only in copy mode. In
-/// VXLAN (and native) mode sluiced lets it go, the XDP program detached
+/// VXLAN and native mode sluiced lets it go, the XDP program detached
 /// again, and runs the uplink on kernel sockets, which carry superframes
-/// whole, saying why; in IPIP mode, whose superframes no socket carries, it
-/// keeps AF_XDP.
+/// whole, saying why (native mode then takes pod traffic off the uplink as
+/// a configured socket backend does); in IPIP mode, whose superframes no
+/// socket carries, it keeps AF_XDP.
 fn auto_backend(mode: &str, want: &str) {
     if skip_unless_root() {
         return;
@@ -105,14 +106,19 @@ fn auto_backend(mode: &str, want: &str) {
         let link = String::from_utf8_lossy(&link.stdout);
         if want == "socket" {
             assert!(
-                reason.contains("AF_XDP binds only in copy mode on ul0 (native XDP)")
-                    && reason.ends_with("using kernel sockets"),
+                reason.starts_with(
+                    "AF_XDP would only copy on ul0 (driver XDP, no zero-copy), \
+                     and sockets carry superframes whole; using kernel sockets"
+                ),
                 "{reason}"
             );
             assert!(
                 !link.contains("prog/xdp"),
                 "XDP program left attached:\n{link}"
             );
+            if mode == "native" {
+                assert!(reason.contains("taken off the uplink"), "{reason}");
+            }
         } else {
             assert!(reason.starts_with("AF_XDP socket bound"), "{reason}");
             assert!(link.contains("prog/xdp"), "no XDP program on ul0:\n{link}");
@@ -125,6 +131,11 @@ fn auto_backend(mode: &str, want: &str) {
 #[test]
 fn auto_takes_sockets_where_af_xdp_would_copy() {
     auto_backend("vxlan", "socket");
+}
+
+#[test]
+fn auto_takes_sockets_for_native_routing_too() {
+    auto_backend("native", "socket");
 }
 
 #[test]

@@ -100,7 +100,8 @@ fn invalid(
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum UplinkBackend {
-    /// AF_XDP where the kernel and driver allow it, else a packet socket.
+    /// AF_XDP where the driver binds it zero-copy, and in IPIP mode wherever
+    /// it binds; else a packet socket.
     #[default]
     Auto,
     AfXdp,

@@ -304,6 +304,7 @@ impl Runtime {
                 tracer: None,
                 epoch: Instant::now(),
                 delivered_local: false,
+                kernel_cursor: 0,
                 setup: Some(setup_tx.clone()),
                 owners: port_owner.clone(),
                 stats: WorkerStats {
@@ -560,6 +561,9 @@ struct Worker<P: Policy> {
     epoch: Instant,
     /// This round sent frames to a port with a local reader.
     delivered_local: bool,
+    /// Index in `ports` of the first pod port whose kernel counters the next
+    /// reading covers ([`kernel_stats_due`]).
+    kernel_cursor: usize,
     /// Where the worker reports how its thread set-up went, once.
     setup: Option<std::sync::mpsc::Sender<(usize, Option<String>)>>,
 }
@@ -636,6 +640,18 @@ fn transmit_cut(
     }
 }
 
+/// Pod ports whose kernel counters one reading covers: a pod's TAP takes about
+/// 4 µs, so a worker with hundreds of pods pauses 70 µs a reading, not
+/// milliseconds, and goes round them all in a few seconds.
+const KERNEL_STATS_PODS: usize = 16;
+
+/// Whether the reading that starts at slot `start` of `slots` covers the port
+/// in slot `i`: every node port (the uplink, the host port), and the pod
+/// ports in the [`KERNEL_STATS_PODS`] slots from `start` on, wrapping round.
+fn kernel_stats_due(i: usize, slots: usize, start: usize, pod: bool) -> bool {
+    !pod || (i + slots - start % slots.max(1)) % slots.max(1) < KERNEL_STATS_PODS
+}
+
 /// Whether a worker that has had no work for `idle_for` ns sleeps now: once
 /// `busy_poll` has passed, unless `idle_poll` has not and `unwanted` says no
 /// other task wants the CPU (asked only then: it yields).
@@ -689,9 +705,10 @@ impl<P: Policy> Worker<P> {
         // One clock read per round (`now` below) serves the busy-poll window
         // and the publishing interval both.
         const PUBLISH_NS: u64 = 50_000_000;
-        // The kernel's counters of the ports (a system call or two per port,
-        // many ports per worker) are read less often than the worker's own.
-        const KERNEL_STATS_NS: u64 = 200_000_000;
+        // The kernel's counters of the ports (a few system calls per port,
+        // many ports per worker) are read less often than the worker's own,
+        // and a bounded number of pods at a time (`kernel_stats_due`).
+        const KERNEL_STATS_NS: u64 = 100_000_000;
         let mut last_publish: u64 = 0;
         let mut last_kernel: u64 = 0;
         let mut loops: u64 = 0;
@@ -992,17 +1009,23 @@ impl<P: Policy> Worker<P> {
     }
 
     /// Publishes the worker's stats; with `kernel`, reads the kernel's
-    /// counters of its ports first ([`Port::update_kernel_stats`]).
+    /// counters of the node ports and of the next [`KERNEL_STATS_PODS`] pod
+    /// ports first ([`Port::update_kernel_stats`]).
     fn publish(&mut self, kernel: bool) {
         self.stats.counters = self.pipeline.counters().clone();
         self.stats.policy = self.pipeline.policy.stats();
+        let (slots, start) = (self.ports.len(), self.kernel_cursor);
+        if kernel {
+            self.kernel_cursor = (start + KERNEL_STATS_PODS) % slots.max(1);
+        }
         self.stats.ports = self
             .ports
             .iter_mut()
-            .flatten()
-            .map(|p| {
+            .enumerate()
+            .filter_map(|(i, p)| Some((i, p.as_mut()?)))
+            .map(|(i, p)| {
                 let mut stats = p.stats.clone();
-                if kernel {
+                if kernel && kernel_stats_due(i, slots, start, p.id.is_pod()) {
                     p.port.update_kernel_stats();
                 }
                 stats.offload = p.port.offload_stats();
@@ -1196,6 +1219,37 @@ mod tests {
             );
             assert_eq!(asked.get(), asks, "idle {idle}: yields");
         }
+    }
+
+    #[test]
+    fn kernel_counters_are_read_for_node_ports_always_and_pods_in_turn() {
+        let due = |slots: usize, start: usize| -> Vec<usize> {
+            (0..slots)
+                .filter(|&i| kernel_stats_due(i, slots, start, i >= 2))
+                .collect()
+        };
+        // Fewer slots than a reading covers: all of them, from any start.
+        assert_eq!(due(5, 0), [0, 1, 2, 3, 4]);
+        assert_eq!(due(5, 3), [0, 1, 2, 3, 4]);
+        // 40 slots, node ports in 0 and 1: a reading covers 16 slots from
+        // `start` on, wrapping round, and the node ports whatever the start.
+        let d = due(40, 0);
+        assert_eq!(d, (0..16).collect::<Vec<_>>());
+        let d = due(40, 16);
+        assert_eq!(d, [0, 1].into_iter().chain(16..32).collect::<Vec<_>>());
+        let d = due(40, 32);
+        assert_eq!(d, (0..8).chain(32..40).collect::<Vec<_>>());
+        // Successive readings (the cursor moves 16 slots each) cover every
+        // slot within ceil(40 / 16) = 3 readings.
+        let mut seen = [false; 40];
+        for r in 0..3 {
+            for i in due(40, (r * KERNEL_STATS_PODS) % 40) {
+                seen[i] = true;
+            }
+        }
+        assert!(seen.iter().all(|&s| s));
+        // A cursor left past the end (ports were removed) still works.
+        assert_eq!(due(5, 7), [0, 1, 2, 3, 4]);
     }
 
     #[test]

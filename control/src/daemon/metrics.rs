@@ -696,6 +696,10 @@ mod tests {
             tx_packets: 7,
             tx_bytes: 700,
             tx_dropped: 1,
+            offload: sluice_dataplane::port::PortOffload {
+                rx_kernel_drops: 20,
+                ..Default::default()
+            },
             ..PortStats::default()
         };
         let w0 = WorkerStats {
@@ -822,6 +826,12 @@ mod tests {
         assert_eq!(
             get(r#"sluice_pod_rx_dropped_total{namespace="shop",pod="web-1"}"#),
             "2"
+        );
+        // What the pod's interfaces' queues could not hold: the ports'
+        // kernel drops, from the pod's side.
+        assert_eq!(
+            get(r#"sluice_pod_tx_kernel_drops_total{namespace="shop",pod="web-1"}"#),
+            "40"
         );
         assert_eq!(
             samples

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use sluice_dataplane::buf::PortId;
 use sluice_dataplane::policy::{conntrack, enforcer, NetPolicy};
 use sluice_dataplane::port::packet::{KernelSinks, PacketSocket, UplinkFilter};
-use sluice_dataplane::port::xdp::{XdpConfig, XdpUplink};
+use sluice_dataplane::port::xdp::{XdpConfig, XdpMode, XdpUplink};
 use sluice_dataplane::runtime::{BoxPort, Runtime, RuntimeConfig};
 use sluice_dataplane::table::{Mode, NodeParams, Prefix, TableHandle, Tables};
 use sluice_dataplane::wire::MacAddr;
@@ -230,10 +230,14 @@ fn open_uplink(s: &Settings) -> Result<(BoxPort, String, String, KernelGuards), 
             // `auto` keeps AF_XDP for drivers that bind it zero-copy and for
             // IPIP; `af_xdp` forces it.
             Ok(x) if s.backend == Backend::Auto && s.mode != Mode::Ipip && !x.is_zerocopy() => {
-                let mode = x.mode();
+                let how = match x.mode() {
+                    XdpMode::Skb => "generic XDP",
+                    _ => "driver XDP",
+                };
+                // Dropping the port detaches the program again.
                 drop(x);
                 Some(format!(
-                    "AF_XDP binds only in copy mode on {} ({mode} XDP); kernel sockets move superframes whole",
+                    "AF_XDP would only copy on {} ({how}, no zero-copy), and sockets carry superframes whole",
                     s.uplink
                 ))
             }

@@ -64,7 +64,8 @@ pub trait Port {
     /// Reads the kernel's counters of the port's socket or device into what
     /// [`Port::offload_stats`] reports ([`PortOffload::rx_kernel_drops`]): a
     /// system call or a few, made when the worker publishes its stats (at
-    /// most every 200 ms), not per burst. Default: nothing to read.
+    /// most every 100 ms, and for a bounded number of pod ports at a time),
+    /// not per burst. Default: nothing to read.
     fn update_kernel_stats(&mut self) {}
 
     /// Removes the device behind the port for good (a persistent TAP is

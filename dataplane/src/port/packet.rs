@@ -1,5 +1,6 @@
 //! The uplink as a kernel socket: an `AF_PACKET` raw socket bound to the node's
-//! uplink, the portable fallback where AF_XDP is not available.
+//! uplink: the portable one, and the one `auto` takes where AF_XDP is not
+//! available or would only copy (it carries superframes whole).
 //!
 //! # What it takes, and what it leaves to the kernel
 //! An `AF_PACKET` socket sees a *copy* of every frame; the kernel's own stack

@@ -159,8 +159,8 @@ pub struct TapStats {
     pub tx_errors: u64,
     /// Frames the kernel dropped in front of the port: what the pod (or node)
     /// queued past the device's queue (`txqueuelen`) before the worker read
-    /// it, or sent while no fd was attached. The device's `tx_dropped` since
-    /// the port was opened, as of the last [`Port::update_kernel_stats`].
+    /// it. The device's `tx_dropped` since the port was opened, as of the
+    /// last [`Port::update_kernel_stats`].
     pub rx_kernel_drops: u64,
 }
 
@@ -186,7 +186,14 @@ pub struct Tap {
     /// The device's `tx_dropped` when the port was opened (or when it could
     /// first be read): drops before then are not this port's.
     tx_dropped_base: Option<u64>,
+    /// Readings to skip before trying to open the counters again after a
+    /// failed try (each try starts a thread in the device's namespace).
+    counters_backoff: u32,
 }
+
+/// Readings skipped after a failed try to open a TAP's counters: at a reading
+/// every few hundred milliseconds, a try every ten seconds or more.
+const COUNTERS_BACKOFF: u32 = 50;
 
 /// `/proc/net/dev` of the namespace the device is in, opened from inside it: a
 /// file opened there keeps reading that namespace, from any thread, so the
@@ -338,6 +345,7 @@ impl Tap {
             stats: TapStats::default(),
             dev_counters: None,
             tx_dropped_base: None,
+            counters_backoff: 0,
         };
         // Callers open a TAP in the namespace it is in, so this is its
         // namespace's list; without /proc it is tried again on each read.
@@ -413,15 +421,45 @@ impl Tap {
     }
 
     /// The device's `tx_dropped` now, read in the namespace it is in now (the
-    /// file is opened there again if it was moved since).
+    /// file is opened there again if it was moved since; a kernel without
+    /// `TUNGETDEVNETNS` keeps the one opened with the port).
     fn read_tx_dropped(&mut self) -> io::Result<u64> {
-        let ns = self.netns()?;
+        let name = self.ifname()?;
+        let ns = match self.netns() {
+            Ok(ns) => ns,
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(nix::libc::ENOTTY | nix::libc::EINVAL)
+                ) =>
+            {
+                let c = self.dev_counters.as_mut().ok_or(e)?;
+                return c.tx_dropped(&name);
+            }
+            Err(e) => return Err(e),
+        };
         let st = nix::sys::stat::fstat(ns.as_fd()).map_err(io::Error::from)?;
         let id = (st.st_dev, st.st_ino);
-        let name = self.ifname()?;
         let counters = match self.dev_counters.take() {
             Some(c) if c.netns == id => c,
-            _ => in_netns(&ns, DevCounters::open_here).map_err(io::Error::other)??,
+            _ if self.counters_backoff > 0 => {
+                self.counters_backoff -= 1;
+                return Err(io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    "waiting to open the device's counters again",
+                ));
+            }
+            _ => match in_netns(&ns, DevCounters::open_here) {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => {
+                    self.counters_backoff = COUNTERS_BACKOFF;
+                    return Err(e);
+                }
+                Err(e) => {
+                    self.counters_backoff = COUNTERS_BACKOFF;
+                    return Err(io::Error::other(e));
+                }
+            },
         };
         let c = self.dev_counters.insert(counters);
         c.tx_dropped(&name)
@@ -893,8 +931,9 @@ impl Port for Tap {
     }
 
     /// Reads the device's `tx_dropped` from its namespace's `/proc/net/dev`
-    /// (about 4 µs: a `pread`, two ioctls and an `fstat`). A failed read keeps
-    /// the last count.
+    /// (about 4 µs: reading the file, `TUNGETIFF`, `TUNGETDEVNETNS` and an
+    /// `fstat` of the descriptor it returns). A failed read keeps the last
+    /// count.
     fn update_kernel_stats(&mut self) {
         if let Ok(now) = self.read_tx_dropped() {
             let base = *self.tx_dropped_base.get_or_insert(now);
