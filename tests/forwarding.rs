@@ -20,12 +20,7 @@ fn pod_to_pod(mode: &str, backend: &str) {
     let a1 = a.add_pod("a1");
     let a2 = a.add_pod("a2");
     let b1 = b.add_pod("b1");
-    assert!(
-        a1.ping_until(b1.ip, Duration::from_secs(10)),
-        "a1 -> b1 ({mode}/{backend})\nA:\n{}\nB:\n{}",
-        a.log(),
-        b.log()
-    );
+    a1.assert_reaches(&b1, &a, &b);
     assert!(b1.ping(a1.ip, 2), "b1 -> a1");
     assert!(a1.ping(a2.ip, 2), "a1 -> a2 on one node");
     let bytes = a1.tcp_transfer(&b1, 2);
@@ -92,12 +87,7 @@ fn auto_backend(mode: &str, want: &str) {
     let (_u, a, b) = two_peered_nodes(&format!("au{}", &mode[..1]), mode, "auto");
     let a1 = a.add_pod("a1");
     let b1 = b.add_pod("b1");
-    assert!(
-        a1.ping_until(b1.ip, Duration::from_secs(10)),
-        "a1 -> b1\nA:\n{}\nB:\n{}",
-        a.log(),
-        b.log()
-    );
+    a1.assert_reaches(&b1, &a, &b);
     for n in [&a, &b] {
         let status = n.ctl_json("status");
         assert_eq!(status["backend"], want, "{status}");
@@ -170,12 +160,7 @@ fn native_socket_takes_pod_traffic_off_the_uplink() {
     let (u, mut a, mut b) = two_peered_nodes("nsn", "native", "socket");
     let a1 = a.add_pod("a1");
     let b1 = b.add_pod("b1");
-    assert!(
-        a1.ping_until(b1.ip, Duration::from_secs(10)),
-        "a1 -> b1\nA:\n{}\nB:\n{}",
-        a.log(),
-        b.log()
-    );
+    a1.assert_reaches(&b1, &a, &b);
     let reason = b.ctl_json("status")["backend_reason"].to_string();
     assert!(reason.contains("taken off the uplink"), "{reason}");
     let (drops, tx) = (

@@ -494,6 +494,22 @@ impl Pod {
         false
     }
 
+    /// Asserts that this pod, on node `here`, reaches `to`, on node `there`,
+    /// within 10 s (a first packet may wait for a table or a neighbour),
+    /// with both nodes' logs in the message if it does not.
+    pub fn assert_reaches(&self, to: &Pod, here: &Node, there: &Node) {
+        assert!(
+            self.ping_until(to.ip, Duration::from_secs(10)),
+            "{} -> {}\n{}:\n{}\n{}:\n{}",
+            self.name,
+            to.name,
+            here.name,
+            here.log(),
+            there.name,
+            there.log()
+        );
+    }
+
     /// A TCP transfer to `dst` where an iperf3 server runs: bytes received.
     pub fn tcp_transfer(&self, server: &Pod, seconds: u32) -> f64 {
         let mut srv = server
