@@ -74,10 +74,10 @@ fn native_af_xdp() {
     pod_to_pod("native", "af_xdp");
 }
 
-/// `auto` on a veth uplink: AF_XDP binds there, but only in copy mode. In
-/// VXLAN and native mode sluiced lets it go, the XDP program detached
-/// again, and runs the uplink on kernel sockets, which carry superframes
-/// whole, saying why (native mode then takes pod traffic off the uplink as
+/// `auto` on a veth uplink, whose driver offers AF_XDP no zero-copy (it says
+/// so through netdev netlink): in VXLAN and native mode sluiced runs the
+/// uplink on kernel sockets, which carry superframes whole, without
+/// attaching an XDP program, and says why (native mode then takes pod traffic off the uplink as
 /// a configured socket backend does); in IPIP mode, whose superframes no
 /// socket carries, it keeps AF_XDP.
 fn auto_backend(mode: &str, want: &str) {
@@ -97,7 +97,7 @@ fn auto_backend(mode: &str, want: &str) {
         if want == "socket" {
             assert!(
                 reason.starts_with(
-                    "AF_XDP would only copy on ul0 (driver XDP, no zero-copy), \
+                    "AF_XDP would only copy on ul0 (its driver offers no zero-copy), \
                      and sockets carry superframes whole; using kernel sockets"
                 ),
                 "{reason}"

@@ -387,3 +387,39 @@ fn without_cap_sys_nice_workers_warn_and_forward() {
         "{log}"
     );
 }
+
+/// Whether a Sluice XDP program is attached to the node's uplink.
+fn xdp_on_uplink(node: &Node) -> bool {
+    let link = node.ns.exec_ok("ip", &["-d", "link", "show", "ul0"]);
+    link.contains("prog/xdp")
+}
+
+/// A node that ran AF_XDP and was killed leaves its XDP program on the
+/// uplink (harmless: without its socket it passes every frame on). Started
+/// again on kernel sockets, sluiced removes it; started on `auto`, which
+/// takes sockets on a copy-only driver without attaching anything, too.
+#[test]
+fn a_program_a_killed_af_xdp_run_left_goes_when_sockets_take_over() {
+    if skip_unless_root() {
+        return;
+    }
+    let u = Underlay::new("sx");
+    let mut a = Node::new(&u, "sx", 1, "vxlan", "af_xdp");
+    for (runs, next) in ["socket", "auto"].into_iter().enumerate() {
+        a.backend = "af_xdp".into();
+        a.start();
+        assert!(xdp_on_uplink(&a), "AF_XDP run: no program\n{}", a.log());
+        a.kill();
+        assert!(xdp_on_uplink(&a), "a killed run's program stays");
+        a.backend = next.into();
+        a.start();
+        assert_eq!(a.ctl_json("status")["backend"], "socket");
+        assert!(!xdp_on_uplink(&a), "{next}: program left\n{}", a.log());
+        let said = a
+            .log()
+            .matches("removed a stale Sluice XDP program")
+            .count();
+        assert_eq!(said, runs + 1, "{}", a.log());
+        a.kill();
+    }
+}

@@ -25,6 +25,7 @@ use nix::sys::socket::{
 use sluice_dataplane::buf::{Batch, Pool, DEFAULT_BUF_SIZE};
 use sluice_dataplane::port::xdp::{XdpConfig, XdpError, XdpMode, XdpUplink};
 use sluice_dataplane::port::{gso, Port};
+use sluice_dataplane::sys::genl;
 use sluice_dataplane::sys::netns::in_netns;
 
 const A_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
@@ -391,6 +392,34 @@ fn steers_tunnels_and_leaves_node_traffic(mode: XdpMode) {
     );
     // And the kernel has the link to itself again.
     ping_from_b(&nodes);
+}
+
+/// What the driver says before anything is attached agrees with the bind: a
+/// veth runs XDP programs but offers AF_XDP no zero-copy (netdev netlink,
+/// Linux 6.3), and the socket binds in copy mode. `uplink_backend = "auto"`
+/// decides from the first.
+#[test]
+fn a_veth_offers_xdp_but_no_zero_copy_and_binds_copy_mode() {
+    if skip_unless_root() {
+        return;
+    }
+    let nodes = Nodes::new(1);
+    let va = nodes.va.clone();
+    let features = in_netns(&nodes.a.handle(), move || {
+        let idx = nix::net::if_::if_nametoindex(va.as_str()).expect("ifindex");
+        genl::xdp_features(idx)
+    })
+    .expect("entering A")
+    .expect("netdev dev-get");
+    if let Some(f) = features {
+        assert_ne!(f & genl::XDP_ACT_BASIC, 0, "features {f:#x}");
+        assert_eq!(f & genl::XDP_ACT_XSK_ZEROCOPY, 0, "features {f:#x}");
+    }
+    let mut cfg = XdpConfig::new(A_IP);
+    cfg.mode = XdpMode::Native;
+    cfg.vxlan_port = Some(4789);
+    let up = nodes.open(&cfg).expect("AF_XDP on the veth");
+    assert!(!up.is_zerocopy());
 }
 
 #[test]

@@ -21,6 +21,7 @@ use sluice_dataplane::policy::{conntrack, enforcer, NetPolicy};
 use sluice_dataplane::port::packet::{KernelSinks, PacketSocket, UplinkFilter};
 use sluice_dataplane::port::xdp::{XdpConfig, XdpMode, XdpUplink};
 use sluice_dataplane::runtime::{BoxPort, Runtime, RuntimeConfig};
+use sluice_dataplane::sys::genl;
 use sluice_dataplane::table::{Mode, NodeParams, Prefix, TableHandle, Tables};
 use sluice_dataplane::wire::MacAddr;
 
@@ -199,6 +200,23 @@ struct KernelGuards {
     _native: Option<net::NativeBypass>,
 }
 
+/// Why AF_XDP on `uplink` could only copy, where its driver says it offers no
+/// zero-copy (netdev netlink, Linux 6.3); `None` where it offers it or the
+/// kernel cannot tell, and binding is the way to find out.
+fn driver_without_zero_copy(uplink: &str) -> Option<String> {
+    let ifindex = nix::net::if_::if_nametoindex(uplink).ok()?;
+    match genl::xdp_features(ifindex) {
+        Ok(Some(f)) if f & genl::XDP_ACT_XSK_ZEROCOPY == 0 => Some(format!(
+            "AF_XDP would only copy on {uplink} (its driver offers no zero-copy), and sockets carry superframes whole"
+        )),
+        Ok(_) => None,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot read the uplink driver's XDP features");
+            None
+        }
+    }
+}
+
 /// Opens the uplink port with the configured backend.
 fn open_uplink(s: &Settings) -> Result<(BoxPort, String, String, KernelGuards), DaemonError> {
     let vxlan = (s.mode == Mode::Vxlan).then_some(s.vxlan_port);
@@ -213,23 +231,32 @@ fn open_uplink(s: &Settings) -> Result<(BoxPort, String, String, KernelGuards), 
         .iter()
         .map(|p| (p.addr(), p.prefix_len()))
         .collect();
-    let xdp_err = if s.backend != Backend::Socket {
+    // In copy mode every frame is copied into the UMEM and, on receive,
+    // arrives cut to the MTU (no GRO in front of XDP), while kernel sockets
+    // carry VXLAN and native superframes whole both ways: on a veth uplink
+    // they moved 1.6–3.1× more TCP per stream at 8–13% fewer 64-byte packets
+    // per second (BENCHMARKS.md). No socket carries an IPIP superframe
+    // (virtio-net has no GSO type for it), and there AF_XDP was ahead or
+    // level on every figure. So `auto` keeps AF_XDP for drivers that bind it
+    // zero-copy and for IPIP; `af_xdp` forces it.
+    let sockets_if_copying = s.backend == Backend::Auto && s.mode != Mode::Ipip;
+    // The driver's own word first, so that one without zero-copy is not
+    // given an XDP program only to find that out.
+    let copy_only = sockets_if_copying
+        .then(|| driver_without_zero_copy(&s.uplink))
+        .flatten();
+    let xdp_err = if copy_only.is_some() {
+        copy_only
+    } else if s.backend != Backend::Socket {
         let mut cfg = XdpConfig::new(s.node_ip);
         cfg.vxlan_port = vxlan;
         cfg.ipip = ipip;
         cfg.native_prefixes = native.clone();
         cfg.superframe_socket = s.xdp_superframe_socket;
         match XdpUplink::open(&s.uplink, &cfg) {
-            // In copy mode every frame is copied into the UMEM and, on
-            // receive, arrives cut to the MTU (no GRO in front of XDP), while
-            // kernel sockets carry VXLAN and native superframes whole both
-            // ways: on a veth uplink they moved 1.6–3.1× more TCP per stream
-            // at 8–13% fewer 64-byte packets per second (BENCHMARKS.md). No
-            // socket carries an IPIP superframe (virtio-net has no GSO type
-            // for it), and there AF_XDP was ahead or level on every figure.
-            // `auto` keeps AF_XDP for drivers that bind it zero-copy and for
-            // IPIP; `af_xdp` forces it.
-            Ok(x) if s.backend == Backend::Auto && s.mode != Mode::Ipip && !x.is_zerocopy() => {
+            // A kernel that did not say (before Linux 6.3), or a driver that
+            // offers zero-copy and still bound without it.
+            Ok(x) if sockets_if_copying && !x.is_zerocopy() => {
                 let how = match x.mode() {
                     XdpMode::Skb => "generic XDP",
                     _ => "driver XDP",
@@ -237,7 +264,7 @@ fn open_uplink(s: &Settings) -> Result<(BoxPort, String, String, KernelGuards), 
                 // Dropping the port detaches the program again.
                 drop(x);
                 Some(format!(
-                    "AF_XDP would only copy on {} ({how}, no zero-copy), and sockets carry superframes whole",
+                    "AF_XDP would only copy on {} (bound without zero-copy, {how}), and sockets carry superframes whole",
                     s.uplink
                 ))
             }
@@ -267,7 +294,17 @@ fn open_uplink(s: &Settings) -> Result<(BoxPort, String, String, KernelGuards), 
     } else {
         None
     };
-    // Kernel sockets. Native-mode pod traffic is taken off the uplink too, and
+    // Kernel sockets. A Sluice XDP program an earlier run left on the uplink
+    // (it crashed, or ran AF_XDP) would only pass frames on; it goes.
+    match XdpUplink::detach_stale(&s.uplink) {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            programs = n,
+            "removed a stale Sluice XDP program from the uplink"
+        ),
+        Err(e) => tracing::debug!(error = %e, "cannot look for a stale XDP program on the uplink"),
+    }
+    // Native-mode pod traffic is taken off the uplink too, and
     // the kernel's copy dropped; where that table cannot be made, the node's
     // kernel forwards it to the host port (it routes the pod CIDRs there).
     let mut filter = UplinkFilter::new(s.node_ip);

@@ -8,6 +8,7 @@
 
 pub mod bpf;
 pub mod bpf_classic;
+pub mod genl;
 pub mod link;
 pub mod netns;
 pub mod packet;
