@@ -29,7 +29,7 @@
 use std::fs::File;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::FileExt;
 
 use nix::errno::Errno;
 use nix::sys::uio::{readv, writev};
@@ -210,10 +210,10 @@ impl DevCounters {
     /// Opens the calling thread's namespace's `/proc/net/dev`.
     fn open_here() -> io::Result<DevCounters> {
         let file = File::open("/proc/thread-self/net/dev")?;
-        let m = std::fs::metadata("/proc/thread-self/ns/net")?;
+        let netns = NetNs::current().map_err(io::Error::other)?.id()?;
         Ok(DevCounters {
             file,
-            netns: (m.dev(), m.ino()),
+            netns,
             text: Vec::with_capacity(1024),
         })
     }
@@ -438,8 +438,7 @@ impl Tap {
             }
             Err(e) => return Err(e),
         };
-        let st = nix::sys::stat::fstat(ns.as_fd()).map_err(io::Error::from)?;
-        let id = (st.st_dev, st.st_ino);
+        let id = ns.id()?;
         let counters = match self.dev_counters.take() {
             Some(c) if c.netns == id => c,
             _ if self.counters_backoff > 0 => {

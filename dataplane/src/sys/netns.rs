@@ -98,9 +98,8 @@ impl NetNs {
     /// The namespace's identity (device and inode of its nsfs file): two handles
     /// name the same namespace exactly when their ids are equal.
     pub fn id(&self) -> io::Result<(u64, u64)> {
-        let f = File::from(self.fd.try_clone()?);
-        let m = f.metadata()?;
-        Ok((m.dev(), m.ino()))
+        let st = nix::sys::stat::fstat(self.fd.as_fd()).map_err(io::Error::from)?;
+        Ok((st.st_dev, st.st_ino))
     }
 
     /// Whether the calling thread is in this namespace.
