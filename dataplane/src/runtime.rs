@@ -305,6 +305,7 @@ impl Runtime {
                 epoch: Instant::now(),
                 delivered_local: false,
                 kernel_cursor: 0,
+                last_kernel: 0,
                 setup: Some(setup_tx.clone()),
                 owners: port_owner.clone(),
                 stats: WorkerStats {
@@ -564,6 +565,8 @@ struct Worker<P: Policy> {
     /// Index in `ports` of the first pod port whose kernel counters the next
     /// reading covers ([`kernel_stats_due`]).
     kernel_cursor: usize,
+    /// When (ns from `epoch`) the kernel's counters were last read.
+    last_kernel: u64,
     /// Where the worker reports how its thread set-up went, once.
     setup: Option<std::sync::mpsc::Sender<(usize, Option<String>)>>,
 }
@@ -640,6 +643,11 @@ fn transmit_cut(
     }
 }
 
+/// How often at most a worker reads the kernel's counters of its ports (a few
+/// system calls per port, many ports per worker): less often than it
+/// publishes its own.
+const KERNEL_STATS_NS: u64 = 100_000_000;
+
 /// Pod ports whose kernel counters one reading covers: a pod's TAP takes about
 /// 4 µs, so a worker with hundreds of pods pauses 70 µs a reading, not
 /// milliseconds, and goes round them all in a few seconds.
@@ -705,12 +713,7 @@ impl<P: Policy> Worker<P> {
         // One clock read per round (`now` below) serves the busy-poll window
         // and the publishing interval both.
         const PUBLISH_NS: u64 = 50_000_000;
-        // The kernel's counters of the ports (a few system calls per port,
-        // many ports per worker) are read less often than the worker's own,
-        // and a bounded number of pods at a time (`kernel_stats_due`).
-        const KERNEL_STATS_NS: u64 = 100_000_000;
         let mut last_publish: u64 = 0;
-        let mut last_kernel: u64 = 0;
         let mut loops: u64 = 0;
         while !self.shared.stop.load(Ordering::Acquire) {
             loops += 1;
@@ -719,12 +722,8 @@ impl<P: Policy> Worker<P> {
             let idle_for = last_round.saturating_sub(last_work);
             let timeout = if sleeps_now(idle_for, busy_poll, idle_poll, cpu_unwanted) {
                 self.stats.sleeps += 1;
-                let kernel = last_round.saturating_sub(last_kernel) >= KERNEL_STATS_NS;
-                self.publish(kernel);
+                self.publish(last_round);
                 last_publish = last_round;
-                if kernel {
-                    last_kernel = last_round;
-                }
                 Some(self.cfg.max_sleep)
             } else {
                 Some(Duration::ZERO)
@@ -757,15 +756,11 @@ impl<P: Policy> Worker<P> {
             }
             last_round = now;
             if now.saturating_sub(last_publish) >= PUBLISH_NS {
-                let kernel = now.saturating_sub(last_kernel) >= KERNEL_STATS_NS;
-                self.publish(kernel);
+                self.publish(now);
                 last_publish = now;
-                if kernel {
-                    last_kernel = now;
-                }
             }
         }
-        self.publish(true);
+        self.publish(u64::MAX);
     }
 
     fn handle_commands(&mut self) {
@@ -1008,14 +1003,17 @@ impl<P: Policy> Worker<P> {
         n
     }
 
-    /// Publishes the worker's stats; with `kernel`, reads the kernel's
-    /// counters of the node ports and of the next [`KERNEL_STATS_PODS`] pod
-    /// ports first ([`Port::update_kernel_stats`]).
-    fn publish(&mut self, kernel: bool) {
+    /// Publishes the worker's stats as of `now` (ns from `epoch`); when
+    /// [`KERNEL_STATS_NS`] have passed since the last such reading, reads the
+    /// kernel's counters of the node ports and of the next
+    /// [`KERNEL_STATS_PODS`] pod ports first ([`Port::update_kernel_stats`]).
+    fn publish(&mut self, now: u64) {
         self.stats.counters = self.pipeline.counters().clone();
         self.stats.policy = self.pipeline.policy.stats();
         let (slots, start) = (self.ports.len(), self.kernel_cursor);
+        let kernel = now.saturating_sub(self.last_kernel) >= KERNEL_STATS_NS;
         if kernel {
+            self.last_kernel = now;
             self.kernel_cursor = (start + KERNEL_STATS_PODS) % slots.max(1);
         }
         self.stats.ports = self
