@@ -205,6 +205,8 @@ enum Command {
     AddPort {
         id: PortId,
         port: BoxPort,
+        /// Answered once the port is served.
+        reply: Sender<()>,
     },
     RemovePort {
         id: PortId,
@@ -246,6 +248,10 @@ struct OwnerMap {
 }
 
 const NO_OWNER: u8 = u8::MAX;
+
+/// How long [`Runtime::add_port`] waits for the worker to take a port: a
+/// worker reads its commands every round, so only a stuck one takes this long.
+const PORT_COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_PORTS: usize = 4096;
 
 impl Runtime {
@@ -359,8 +365,18 @@ impl Runtime {
     }
 
     /// Hands a port to a worker: the uplink and host port to worker 0, pod
-    /// ports spread by id.
+    /// ports spread by id. Returns once the worker serves the port, so a
+    /// frame routed to it from then on is sent, not dropped as meant for a
+    /// port nobody serves.
     pub fn add_port(&self, id: PortId, port: BoxPort) -> io::Result<()> {
+        self.add_port_within(id, port, PORT_COMMAND_TIMEOUT)
+    }
+
+    /// [`Runtime::add_port`], waiting at most `wait` for the worker. A worker
+    /// that does not answer in time drops the port when it comes to the
+    /// command (the slot is free again at once), so the caller may clean up
+    /// behind the error.
+    fn add_port_within(&self, id: PortId, port: BoxPort, wait: Duration) -> io::Result<()> {
         if id.index() >= MAX_PORTS {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -384,10 +400,31 @@ impl Runtime {
         // the old value only mis-routes packets for a port not yet serving.
         self.port_owner.slots[id.index()].store(w as u8, Ordering::Release);
         let h = &self.workers[w];
-        h.commands
-            .send(Command::AddPort { id, port })
-            .map_err(|_| io::Error::other("worker stopped"))?;
-        h.waker.wake()
+        let (reply, taken) = crossbeam_channel::bounded(1);
+        let sent = h
+            .commands
+            .send(Command::AddPort { id, port, reply })
+            .map_err(|_| io::Error::other(format!("worker {w} stopped")))
+            .and_then(|()| h.waker.wake());
+        let res = sent.and_then(|()| {
+            taken.recv_timeout(wait).map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("worker {w} did not take port {id} within {wait:?}"),
+                )
+            })
+        });
+        if res.is_err() {
+            // Withdraw it: the worker, when it reads its commands, installs
+            // the port and at once hands it to a reply nobody waits for,
+            // which drops it.
+            owners[id.index()] = None;
+            self.port_owner.slots[id.index()].store(NO_OWNER, Ordering::Release);
+            let (gone, _) = crossbeam_channel::bounded(1);
+            let _ = h.commands.send(Command::RemovePort { id, reply: gone });
+            let _ = h.waker.wake();
+        }
+        res
     }
 
     /// Takes a port back from its worker (waits until the worker has let go of
@@ -404,7 +441,7 @@ impl Runtime {
             .send(Command::RemovePort { id, reply: tx })
             .ok()?;
         h.waker.wake().ok()?;
-        rx.recv_timeout(Duration::from_secs(5)).ok().flatten()
+        rx.recv_timeout(PORT_COMMAND_TIMEOUT).ok().flatten()
     }
 
     /// Copies the next `count` frames received or sent on `port` into the
@@ -781,7 +818,7 @@ impl<P: Policy> Worker<P> {
                     self.pipeline.set_trace(filter, count, deadline);
                     self.tracer = Some(tx);
                 }
-                Command::AddPort { id, port } => {
+                Command::AddPort { id, port, reply } => {
                     if let Some(fd) = port.rx_fd() {
                         let _ = self.poll.registry().register(
                             &mut SourceFd(&fd),
@@ -805,6 +842,7 @@ impl<P: Policy> Worker<P> {
                     });
                     // Frames may already wait (edge-triggered epoll saw none yet).
                     self.ready.push(id);
+                    let _ = reply.send(());
                 }
                 Command::RemovePort { id, reply } => {
                     let p = self.ports.get_mut(id.index()).and_then(Option::take);
@@ -1185,6 +1223,104 @@ mod tests {
             assert!(rt.remove_port(testkit::POD_A2_PORT).is_none());
             rt.stop();
         }
+    }
+
+    /// A port whose worker is held up taking it: `name` is asked once
+    /// there, and sleeps.
+    struct SlowPort {
+        name_delay: Duration,
+        /// Set once `name` has been asked (and has slept).
+        named: Arc<AtomicBool>,
+        dropped: Arc<AtomicBool>,
+    }
+
+    impl Port for SlowPort {
+        fn name(&self) -> &str {
+            std::thread::sleep(self.name_delay);
+            self.named.store(true, Ordering::Release);
+            "slow"
+        }
+        fn rx_burst(&mut self, _: &mut Pool, _: &mut Batch, _: usize) -> io::Result<usize> {
+            Ok(0)
+        }
+        fn tx_burst(&mut self, pool: &mut Pool, batch: &mut Batch) -> io::Result<usize> {
+            let n = batch.len();
+            pool.free_batch(batch);
+            Ok(n)
+        }
+    }
+
+    impl Drop for SlowPort {
+        fn drop(&mut self) {
+            self.dropped.store(true, Ordering::Release);
+        }
+    }
+
+    #[test]
+    fn add_port_returns_once_the_worker_serves_the_port() {
+        let tables = testkit::node_a(Mode::Vxlan, 0, 0);
+        let cfg = RuntimeConfig {
+            workers: 2,
+            pin: false,
+            pool_size: 256,
+            ..Default::default()
+        };
+        let rt = Runtime::start(&cfg, &tables, || AllowAll).unwrap();
+        // One port on each worker.
+        for id in [testkit::POD_A1_PORT, testkit::POD_A2_PORT] {
+            let named = Arc::new(AtomicBool::new(false));
+            let slow = SlowPort {
+                name_delay: Duration::from_millis(50),
+                named: named.clone(),
+                dropped: Arc::new(AtomicBool::new(false)),
+            };
+            rt.add_port(id, Box::new(slow)).unwrap();
+            assert!(
+                named.load(Ordering::Acquire),
+                "add_port returned before the worker took port {id}"
+            );
+        }
+        rt.stop();
+    }
+
+    #[test]
+    fn a_port_a_stuck_worker_does_not_take_in_time_is_withdrawn_and_dropped() {
+        let tables = testkit::node_a(Mode::Vxlan, 0, 0);
+        let cfg = RuntimeConfig {
+            pin: false,
+            pool_size: 256,
+            ..Default::default()
+        };
+        let rt = Runtime::start(&cfg, &tables, || AllowAll).unwrap();
+        let dropped = Arc::new(AtomicBool::new(false));
+        let slow = SlowPort {
+            name_delay: Duration::from_millis(300),
+            named: Arc::new(AtomicBool::new(false)),
+            dropped: dropped.clone(),
+        };
+        let e = rt
+            .add_port_within(
+                testkit::POD_A1_PORT,
+                Box::new(slow),
+                Duration::from_millis(20),
+            )
+            .unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+        assert!(e.to_string().contains("did not take port"), "{e}");
+        // The slot is free again at once, and the worker, once back, drops
+        // the withdrawn port before it takes the next one.
+        let (a1, a1_rx, _) = qport("a1");
+        let (a2, _, a2_tx) = qport("a2");
+        rt.add_port(testkit::POD_A1_PORT, Box::new(a1)).unwrap();
+        assert!(
+            dropped.load(Ordering::Acquire),
+            "the withdrawn port was not dropped"
+        );
+        rt.add_port(testkit::POD_A2_PORT, Box::new(a2)).unwrap();
+        a1_rx.lock().unwrap().push_back(a1_to_a2(7, 60));
+        rt.wake_all();
+        wait_for(|| a2_tx.lock().unwrap().len() == 1);
+        rt.stop();
     }
 
     #[test]

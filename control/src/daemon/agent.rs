@@ -561,11 +561,14 @@ impl Agent {
         st.pending.remove(&key);
         let port = alloc_port(&mut st);
         if let Err(e) = self.runtime.add_port(port, Box::new(wired.tap)) {
-            // The TAP went with the failed command and was dropped: delete the
-            // device through its name in the pod.
+            // The TAP went with the failed command (a worker that did not
+            // take it in time drops it later): delete the device through its
+            // name in the pod.
             st.free_ports.insert(port.0);
             st.ipam.release(&key);
-            let _ = pod::reattach(&a.netns, &a.ifname).map(|t| t.delete());
+            if let Err(e) = pod::delete(&a.netns, &a.ifname) {
+                tracing::warn!(container = %key.container_id, error = %e, "pod interface left behind");
+            }
             return Err(ApiError::new(
                 code::INTERNAL,
                 format!("attaching port: {e}"),

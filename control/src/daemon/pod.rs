@@ -130,6 +130,27 @@ fn configure(
     Ok(mac)
 }
 
+/// Deletes the pod interface `ifname` that this ADD made, through netlink in
+/// its namespace: unlike [`Tap::delete`] this works while a descriptor (one
+/// still queued to a worker) holds the TAP.
+pub fn delete(netns: &str, ifname: &str) -> Result<(), PodNetError> {
+    let ns = NetNs::open(netns).map_err(|source| PodNetError::Netns {
+        path: netns.to_owned(),
+        source,
+    })?;
+    let link_err = |what: &'static str| {
+        move |source| PodNetError::Link {
+            what,
+            ifname: ifname.to_owned(),
+            netns: netns.to_owned(),
+            source,
+        }
+    };
+    let mut nl = Netlink::open_in(&ns).map_err(link_err("netlink socket in pod"))?;
+    let idx = nl.ifindex(ifname).map_err(link_err("ifindex"))?;
+    nl.delete_link(idx).map_err(link_err("delete"))
+}
+
 /// Re-opens a pod's persistent TAP after a restart, from inside its namespace.
 pub fn reattach(netns: &str, ifname: &str) -> Result<Tap, PodNetError> {
     let ns = NetNs::open(netns).map_err(|source| PodNetError::Netns {
@@ -220,6 +241,70 @@ pub fn check(netns: &str, ifname: &str, ip: Ipv4Addr, mac: MacAddr) -> Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A namespace made with `ip netns add`, deleted on drop.
+    struct ScratchNs(String);
+
+    impl ScratchNs {
+        fn new(tag: &str) -> ScratchNs {
+            let name = format!("slpod-{tag}-{:x}", std::process::id());
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "delete", &name])
+                .stderr(std::process::Stdio::null())
+                .status();
+            let ok = std::process::Command::new("ip")
+                .args(["netns", "add", &name])
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "ip netns add {name}");
+            ScratchNs(name)
+        }
+
+        fn path(&self) -> String {
+            format!("/run/netns/{}", self.0)
+        }
+    }
+
+    impl Drop for ScratchNs {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "delete", &self.0])
+                .status();
+        }
+    }
+
+    fn has_link(netns: &str, ifname: &str) -> bool {
+        let ns = NetNs::open(netns).expect("opening the namespace");
+        in_netns(&ns, || nix::net::if_::if_nametoindex(ifname).is_ok()).expect("entering")
+    }
+
+    #[test]
+    fn delete_removes_a_pod_tap_whose_descriptor_is_still_open() {
+        // The effective uid: the third field of the Uid line.
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let euid = status
+            .lines()
+            .find(|l| l.starts_with("Uid:"))
+            .and_then(|l| l.split_whitespace().nth(2));
+        if euid != Some("0") || !std::path::Path::new("/dev/net/tun").exists() {
+            eprintln!("skipped: needs root and /dev/net/tun (a network namespace and a TAP)");
+            return;
+        }
+        let ns = ScratchNs::new("del");
+        let path = ns.path();
+        let ip = Ipv4Addr::new(198, 19, 7, 2);
+        let wired = wire(&path, "eth0", ip, 1450, 1000, "sluice test").expect("wiring");
+        // The descriptor stays open, as one queued to a worker is: the TAP
+        // cannot be attached again to delete it that way.
+        assert!(reattach(&path, "eth0").is_err());
+        delete(&path, "eth0").expect("deleting");
+        assert!(!has_link(&path, "eth0"), "eth0 still there");
+        drop(wired);
+        assert!(!has_link(&path, "eth0"), "eth0 came back");
+        // A second delete names what is missing.
+        let e = delete(&path, "eth0").unwrap_err().to_string();
+        assert!(e.contains("eth0") && e.contains(&path), "{e}");
+    }
 
     #[test]
     fn pod_macs_come_from_the_address() {
