@@ -420,20 +420,38 @@ def iperf3(lab, topo, cpus, args, duration):
     raise BenchError(f"iperf3 {' '.join(args) or 'TCP'}: {last}")
 
 
+# TCP congestion control for the iperf3 runs (`--tcp-cc`); None: the
+# machine's default, which new namespaces inherit.
+TCP_CC = None
+
+
+def machine_tcp_cc():
+    try:
+        with open("/proc/sys/net/ipv4/tcp_congestion_control") as f:
+            return f.read().strip()
+    except OSError:
+        return "?"
+
+
 def measure_tcp(lab, topo, cpus, duration, streams):
     """(Gbit/s received, CPU s/GB, CPU s/GB before subtracting other work,
-    CPUs' worth of other work during the run)."""
+    CPUs' worth of other work during the run, segments the sender
+    retransmitted)."""
     args = ["-P", str(streams)] if streams > 1 else []
+    if TCP_CC:
+        args += ["-C", TCP_CC]
     own = lab.netns_inodes()
     f0, (b0, _), t0 = foreign_cpu(own), cpu_times(), time.time()
     v = iperf3(lab, topo, cpus, args, duration)
     f1, (b1, _), t1 = foreign_cpu(own), cpu_times(), time.time()
     recv = v["end"]["sum_received"]
+    retrans = v["end"].get("sum_sent", {}).get("retransmits")
     gb = recv["bytes"] / 1e9
     if gb <= 0:
-        return recv["bits_per_second"] / 1e9, None, None, None
+        return recv["bits_per_second"] / 1e9, None, None, None, retrans
     busy, foreign = b1 - b0, max(0.0, f1 - f0)
-    return recv["bits_per_second"] / 1e9, max(0.0, busy - foreign) / gb, busy / gb, foreign / (t1 - t0)
+    return (recv["bits_per_second"] / 1e9, max(0.0, busy - foreign) / gb, busy / gb, foreign / (t1 - t0),
+            retrans)
 
 
 def measure_udp(lab, topo, cpus, duration):
@@ -582,6 +600,8 @@ def measure_variant(v, args, cpus, tool, prefix, workdir):
         "cpu_raw_s_per_gb": [], "foreign_cpus": [],
         # Share of the 64-byte datagrams sent that never arrived, per run.
         "udp64_lost_pct": [], "udpgen_lost_pct": [],
+        # Segments the TCP sender retransmitted, per run.
+        "tcp1_retransmits": [], "tcp4_retransmits": [],
     }
     build = {"ceiling": topo_veth, "kernel": topo_kernel, "sluice": topo_sluice}[v["kind"]]
     t0 = time.time()
@@ -613,8 +633,10 @@ def measure_variant(v, args, cpus, tool, prefix, workdir):
                     res["runs"]["cpu_s_per_gb"].append(r[1])
                     res["cpu_raw_s_per_gb"].append(r[2])
                     res["foreign_cpus"].append(r[3])
+                    res["tcp1_retransmits"].append(r[4])
                 elif step == "tcp4":
                     res["runs"]["tcp4_gbps"].append(r[0])
+                    res["tcp4_retransmits"].append(r[4])
                 elif step in ("udp64", "udpgen"):
                     res["runs"][f"{step}_kpps"].append(r[0])
                     res[f"{step}_lost_pct"].append(r[1])
@@ -622,7 +644,8 @@ def measure_variant(v, args, cpus, tool, prefix, workdir):
                     res["runs"]["rr_p50_us"].append(r)
             log(f"    rep {rep + 1}/{args.reps}: " + "  ".join(
                 f"{k}={fmt(res['runs'][k][-1], 2)}" for k, *_ in METRICS if res["runs"][k])
-                + "".join(f"  {k}={fmt(res[k][-1], 1)}" for k in ("udp64_lost_pct", "udpgen_lost_pct") if res[k]))
+                + "".join(f"  {k}={fmt(res[k][-1], 1)}" for k in ("udp64_lost_pct", "udpgen_lost_pct") if res[k])
+                + "".join(f"  {k}={res[k][-1]}" for k in ("tcp1_retransmits", "tcp4_retransmits") if res[k]))
         if topo.sluiced:
             # The daemons' counters (drops by reason, per-port packets) next
             # to the results, for reading why a row is slow.
@@ -774,6 +797,7 @@ def meta_info(args, cpus, tool):
         "cpu_server": cpus["server"],
         "rr_tool": tool,
         "sluiced_set": args.sluiced_set,
+        "tcp_congestion_control": TCP_CC or f"{machine_tcp_cc()} (the machine's default)",
         "iperf3": first(["iperf3", "--version"]),
         "sockperf": first(["sockperf", "--version"]) if tool == "sockperf" else None,
         "git": first(["git", "rev-parse", "--short", "HEAD"]) + ("+dirty" if dirty else ""),
@@ -816,6 +840,9 @@ def main(argv):
                     help="comma-separated subset of: " + ", ".join(STEPS) + " (tcp1 also gives CPU s/GB)")
     ap.add_argument("--sluiced-set", action="append", default=[], metavar="KEY=VALUE",
                     help="a sluiced setting for every Sluice node, as a TOML line (e.g. busy_poll_us=50); repeatable")
+    ap.add_argument("--tcp-cc", metavar="NAME",
+                    help="TCP congestion control for the iperf3 runs (default: the machine's, "
+                         "net.ipv4.tcp_congestion_control)")
     ap.add_argument("--profile", default="", help="comma-separated variants to profile with perf after measuring")
     ap.add_argument("--profile-load", choices=["tcp1", "udp64"], default="tcp1",
                     help="the traffic a --profile records: one TCP stream (default) or 64-byte UDP")
@@ -844,6 +871,17 @@ def main(argv):
     bad = [n for n in names if n not in known]
     if bad:
         raise SystemExit(f"--variants: unknown {', '.join(bad)}; expected some of {', '.join(known)}")
+    if args.tcp_cc is not None:
+        try:
+            with open("/proc/sys/net/ipv4/tcp_available_congestion_control") as f:
+                available = f.read().split()
+        except OSError:
+            available = []
+        if args.tcp_cc not in available:
+            raise SystemExit(f"--tcp-cc: {args.tcp_cc!r} is not available here; this kernel offers "
+                             f"{', '.join(available) or 'none that it lists'}")
+        global TCP_CC
+        TCP_CC = args.tcp_cc
     args.metrics = [m for m in args.metrics.split(",") if m]
     bad = [m for m in args.metrics if m not in STEPS]
     if bad or not args.metrics:
