@@ -557,15 +557,17 @@ impl Agent {
                 return Err(ApiError::new(c, e.to_string()));
             }
         };
-        let mut st = self.lock();
-        st.pending.remove(&key);
-        let port = alloc_port(&mut st);
+        let port = alloc_port(&mut self.lock());
+        // Without the lock too: add_port waits for the worker to take the
+        // port, and other ADDs need not wait behind that.
         if let Err(e) = self.runtime.add_port(port, Box::new(wired.tap)) {
             // The TAP went with the failed command (a worker that did not
             // take it in time drops it later): delete the device through its
             // name in the pod.
+            let mut st = self.lock();
             st.free_ports.insert(port.0);
-            st.ipam.release(&key);
+            abort(&mut st);
+            drop(st);
             if let Err(e) = pod::delete(&a.netns, &a.ifname) {
                 tracing::warn!(container = %key.container_id, error = %e, "pod interface left behind");
             }
@@ -574,6 +576,8 @@ impl Agent {
                 format!("attaching port: {e}"),
             ));
         }
+        let mut st = self.lock();
+        st.pending.remove(&key);
         let rec = EndpointRecord {
             key: key.clone(),
             netns: a.netns.clone(),
