@@ -399,6 +399,8 @@ impl Runtime {
         // Release: pairs with the workers' relaxed loads; a worker that reads
         // the old value only mis-routes packets for a port not yet serving.
         self.port_owner.slots[id.index()].store(w as u8, Ordering::Release);
+        // Not held while the worker answers: other ports' calls go on.
+        drop(owners);
         let h = &self.workers[w];
         let (reply, taken) = crossbeam_channel::bounded(1);
         let sent = h
@@ -415,14 +417,17 @@ impl Runtime {
             })
         });
         if res.is_err() {
-            // Withdraw it: the worker, when it reads its commands, installs
-            // the port and at once hands it to a reply nobody waits for,
-            // which drops it.
-            owners[id.index()] = None;
-            self.port_owner.slots[id.index()].store(NO_OWNER, Ordering::Release);
-            let (gone, _) = crossbeam_channel::bounded(1);
-            let _ = h.commands.send(Command::RemovePort { id, reply: gone });
-            let _ = h.waker.wake();
+            let mut owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
+            // Withdraw it, unless a remove_port already has: the worker, when
+            // it reads its commands, installs the port and at once hands it
+            // to a reply nobody waits for, which drops it.
+            if owners[id.index()] == Some(w) {
+                owners[id.index()] = None;
+                self.port_owner.slots[id.index()].store(NO_OWNER, Ordering::Release);
+                let (gone, _) = crossbeam_channel::bounded(1);
+                let _ = h.commands.send(Command::RemovePort { id, reply: gone });
+                let _ = h.waker.wake();
+            }
         }
         res
     }
@@ -1229,13 +1234,16 @@ mod tests {
     /// there, and sleeps.
     struct SlowPort {
         name_delay: Duration,
-        /// Set once `name` has been asked (and has slept).
+        /// Set when `name` is asked, before it sleeps.
+        asked: Arc<AtomicBool>,
+        /// Set once `name` has slept.
         named: Arc<AtomicBool>,
         dropped: Arc<AtomicBool>,
     }
 
     impl Port for SlowPort {
         fn name(&self) -> &str {
+            self.asked.store(true, Ordering::Release);
             std::thread::sleep(self.name_delay);
             self.named.store(true, Ordering::Release);
             "slow"
@@ -1247,6 +1255,17 @@ mod tests {
             let n = batch.len();
             pool.free_batch(batch);
             Ok(n)
+        }
+    }
+
+    impl SlowPort {
+        fn new(name_delay: Duration) -> SlowPort {
+            SlowPort {
+                name_delay,
+                asked: Arc::default(),
+                named: Arc::default(),
+                dropped: Arc::default(),
+            }
         }
     }
 
@@ -1268,18 +1287,42 @@ mod tests {
         let rt = Runtime::start(&cfg, &tables, || AllowAll).unwrap();
         // One port on each worker.
         for id in [testkit::POD_A1_PORT, testkit::POD_A2_PORT] {
-            let named = Arc::new(AtomicBool::new(false));
-            let slow = SlowPort {
-                name_delay: Duration::from_millis(50),
-                named: named.clone(),
-                dropped: Arc::new(AtomicBool::new(false)),
-            };
+            let slow = SlowPort::new(Duration::from_millis(50));
+            let named = slow.named.clone();
             rt.add_port(id, Box::new(slow)).unwrap();
             assert!(
                 named.load(Ordering::Acquire),
                 "add_port returned before the worker took port {id}"
             );
         }
+        rt.stop();
+    }
+
+    #[test]
+    fn a_worker_slow_to_take_a_port_holds_up_no_other_worker() {
+        let tables = testkit::node_a(Mode::Vxlan, 0, 0);
+        let cfg = RuntimeConfig {
+            workers: 2,
+            pin: false,
+            pool_size: 256,
+            ..Default::default()
+        };
+        let rt = Runtime::start(&cfg, &tables, || AllowAll).unwrap();
+        let slow = SlowPort::new(Duration::from_secs(2));
+        let (asked, named) = (slow.asked.clone(), slow.named.clone());
+        std::thread::scope(|s| {
+            let rt = &rt;
+            let first = s.spawn(move || rt.add_port(testkit::POD_A1_PORT, Box::new(slow)));
+            // Its worker is busy taking it; the other worker takes a2 meanwhile.
+            wait_for(|| asked.load(Ordering::Acquire));
+            let (a2, _, _) = qport("a2");
+            rt.add_port(testkit::POD_A2_PORT, Box::new(a2)).unwrap();
+            assert!(
+                !named.load(Ordering::Acquire),
+                "a2 was attached only after the slow port"
+            );
+            first.join().unwrap().unwrap();
+        });
         rt.stop();
     }
 
@@ -1292,12 +1335,8 @@ mod tests {
             ..Default::default()
         };
         let rt = Runtime::start(&cfg, &tables, || AllowAll).unwrap();
-        let dropped = Arc::new(AtomicBool::new(false));
-        let slow = SlowPort {
-            name_delay: Duration::from_millis(300),
-            named: Arc::new(AtomicBool::new(false)),
-            dropped: dropped.clone(),
-        };
+        let slow = SlowPort::new(Duration::from_millis(300));
+        let dropped = slow.dropped.clone();
         let e = rt
             .add_port_within(
                 testkit::POD_A1_PORT,
