@@ -1202,14 +1202,7 @@ mod tests {
     #[test]
     fn forwards_across_workers_and_stops() {
         for workers in [1, 2] {
-            let tables = testkit::node_a(Mode::Vxlan, 0, 0);
-            let cfg = RuntimeConfig {
-                workers,
-                pin: false,
-                pool_size: 256,
-                ..Default::default()
-            };
-            let rt = Runtime::start(&cfg, &tables, || AllowAll).unwrap();
+            let rt = start_unpinned(workers);
             let (a1, a1_rx, _) = qport("a1");
             let (a2, _, a2_tx) = qport("a2");
             // Ports 2 and 3 land on different workers when there are two.
@@ -1275,16 +1268,21 @@ mod tests {
         }
     }
 
-    #[test]
-    fn add_port_returns_once_the_worker_serves_the_port() {
+    /// A runtime on node A's tables with `workers` workers, unpinned.
+    fn start_unpinned(workers: usize) -> Runtime {
         let tables = testkit::node_a(Mode::Vxlan, 0, 0);
         let cfg = RuntimeConfig {
-            workers: 2,
+            workers,
             pin: false,
             pool_size: 256,
             ..Default::default()
         };
-        let rt = Runtime::start(&cfg, &tables, || AllowAll).unwrap();
+        Runtime::start(&cfg, &tables, || AllowAll).unwrap()
+    }
+
+    #[test]
+    fn add_port_returns_once_the_worker_serves_the_port() {
+        let rt = start_unpinned(2);
         // One port on each worker.
         for id in [testkit::POD_A1_PORT, testkit::POD_A2_PORT] {
             let slow = SlowPort::new(Duration::from_millis(50));
@@ -1300,14 +1298,7 @@ mod tests {
 
     #[test]
     fn a_worker_slow_to_take_a_port_holds_up_no_other_worker() {
-        let tables = testkit::node_a(Mode::Vxlan, 0, 0);
-        let cfg = RuntimeConfig {
-            workers: 2,
-            pin: false,
-            pool_size: 256,
-            ..Default::default()
-        };
-        let rt = Runtime::start(&cfg, &tables, || AllowAll).unwrap();
+        let rt = start_unpinned(2);
         let slow = SlowPort::new(Duration::from_secs(2));
         let (asked, named) = (slow.asked.clone(), slow.named.clone());
         std::thread::scope(|s| {
@@ -1328,13 +1319,7 @@ mod tests {
 
     #[test]
     fn a_port_a_stuck_worker_does_not_take_in_time_is_withdrawn_and_dropped() {
-        let tables = testkit::node_a(Mode::Vxlan, 0, 0);
-        let cfg = RuntimeConfig {
-            pin: false,
-            pool_size: 256,
-            ..Default::default()
-        };
-        let rt = Runtime::start(&cfg, &tables, || AllowAll).unwrap();
+        let rt = start_unpinned(1);
         let slow = SlowPort::new(Duration::from_millis(300));
         let dropped = slow.dropped.clone();
         let e = rt
