@@ -72,6 +72,12 @@ impl Pod {
     fn tap(&mut self) -> &mut Tap {
         self.tap.as_mut().expect("TAP open")
     }
+
+    /// Attaches `eth0` by name from inside the pod's namespace, as a
+    /// restarted Sluice does.
+    fn attach_again(&self, opts: &TapOptions) -> Result<Tap, TapError> {
+        in_netns(&self.pod.handle(), || Tap::attach("eth0", opts)).expect("entering the pod")
+    }
 }
 
 /// Reads frames from the TAP until `want` accepts one or `timeout` passes,
@@ -207,6 +213,15 @@ fn is_echo_request(f: &[u8]) -> bool {
     )
 }
 
+/// A buffer pool and a pod whose TAP has carried a ping to the gateway (its
+/// link up, with its carrier and qdisc).
+fn pinged_pod(opts: &TapOptions) -> (Pool, Pod) {
+    let mut pool = Pool::new(256, DEFAULT_BUF_SIZE);
+    let mut pod = Pod::new(opts);
+    ping_gateway(&mut pod, &mut pool);
+    (pool, pod)
+}
+
 /// The pod pings the gateway once; the test answers its ARP (if it asks) and the
 /// echo, and checks that ping saw the reply.
 fn ping_gateway(pod: &mut Pod, pool: &mut Pool) {
@@ -323,10 +338,8 @@ fn frames_dropped_in_front_of_the_tap_are_counted() {
     if skip_unless_root() {
         return;
     }
-    let mut pool = Pool::new(256, DEFAULT_BUF_SIZE);
     let opts = TapOptions::new();
-    let mut pod = Pod::new(&opts);
-    ping_gateway(&mut pod, &mut pool);
+    let (mut pool, mut pod) = pinged_pod(&opts);
     pod.tap().update_kernel_stats();
     assert_eq!(pod.tap().offload_stats().rx_kernel_drops, 0);
 
@@ -351,12 +364,7 @@ fn frames_dropped_in_front_of_the_tap_are_counted() {
 
     // Sluice restarts: the new port counts from when it opened.
     drop(pod.tap.take());
-    let pod_ns = pod.pod.handle();
-    pod.tap = Some(
-        in_netns(&pod_ns, || Tap::attach("eth0", &opts))
-            .unwrap()
-            .expect("attach"),
-    );
+    pod.tap = Some(pod.attach_again(&opts).expect("attach"));
     // What the pod's kernel dropped while no fd was attached is not the new
     // port's either.
     let at_attach = pod.pod.link_counter("eth0", "tx_dropped");
@@ -376,10 +384,8 @@ fn persistent_tap_survives_its_fd_and_is_attached_again() {
     if skip_unless_root() {
         return;
     }
-    let mut pool = Pool::new(256, DEFAULT_BUF_SIZE);
     let opts = TapOptions::new();
-    let mut pod = Pod::new(&opts);
-    ping_gateway(&mut pod, &mut pool);
+    let (mut pool, mut pod) = pinged_pod(&opts);
 
     // Sluice goes away: the fd closes, the device stays.
     drop(pod.tap.take());
@@ -394,15 +400,12 @@ fn persistent_tap_survives_its_fd_and_is_attached_again() {
     assert!(!still.status.success(), "attach created a device");
 
     // Sluice comes back: attach by name from inside the pod's namespace.
-    let pod_ns = pod.pod.handle();
-    let tap = in_netns(&pod_ns, || Tap::attach("eth0", &opts))
-        .unwrap()
-        .expect("attach");
+    let tap = pod.attach_again(&opts).expect("attach");
     assert!(tap.is_persistent());
     assert!(tap.offloads().csum);
     pod.tap = Some(tap);
     // A second holder is refused while the first has it.
-    let busy = in_netns(&pod_ns, || Tap::attach("eth0", &opts)).unwrap();
+    let busy = pod.attach_again(&opts);
     assert!(busy.is_err(), "second attach: {busy:?}");
 
     // The neighbour entry may still be valid, so ARP is optional this time.
@@ -453,9 +456,7 @@ fn partial_checksums_are_completed_and_oversize_frames_dropped() {
     if skip_unless_root() {
         return;
     }
-    let mut pool = Pool::new(256, DEFAULT_BUF_SIZE);
-    let mut pod = Pod::new(&TapOptions::new());
-    ping_gateway(&mut pod, &mut pool);
+    let (mut pool, mut pod) = pinged_pod(&TapOptions::new());
 
     // UDP from the pod leaves with a partial checksum (TUN_F_CSUM); the port
     // completes it.
