@@ -563,14 +563,14 @@ impl Agent {
         if let Err(e) = self.runtime.add_port(port, Box::new(wired.tap)) {
             // The TAP went with the failed command (a worker that did not
             // take it in time drops it later): delete the device through its
-            // name in the pod.
+            // name in the pod, then give back the key, address and port id.
+            if let Err(e) = pod::delete(&a.netns, &a.ifname) {
+                tracing::warn!(container = %key.container_id, error = %e, "pod interface left behind");
+            }
             let mut st = self.lock();
             st.free_ports.insert(port.0);
             abort(&mut st);
             drop(st);
-            if let Err(e) = pod::delete(&a.netns, &a.ifname) {
-                tracing::warn!(container = %key.container_id, error = %e, "pod interface left behind");
-            }
             return Err(ApiError::new(
                 code::INTERNAL,
                 format!("attaching port: {e}"),
