@@ -731,6 +731,8 @@ def markdown(results):
         "outside the benchmark's namespaces (other people's builds on a shared machine) is subtracted; "
         "results.json keeps the raw figure too (`cpu_raw_s_per_gb`).",
         f"- **Pinning** ({meta['pinning']}): {meta['pinning_note']}",
+        f"- **TCP congestion control**: {meta.get('tcp_congestion_control', '?')}; it moves the kernel rows' "
+        "throughput a lot (bench/e2e/README.md), so compare runs made with the same one.",
         "- Every variant's namespaces are built afresh; runs on one machine drift by ±20% between runs, so compare "
         "rows of the same run.",
     ]
