@@ -420,6 +420,10 @@ def iperf3(lab, topo, cpus, args, duration):
     raise BenchError(f"iperf3 {' '.join(args) or 'TCP'}: {last}")
 
 
+# Datagrams per second e2e-udpgen paces itself to (`--udpgen-rate`); None:
+# as fast as its socket takes them.
+UDPGEN_RATE = None
+
 # TCP congestion control for the iperf3 runs (`--tcp-cc`); None: the
 # machine's default, which new namespaces inherit.
 TCP_CC = None
@@ -472,7 +476,8 @@ def measure_udpgen(lab, topo, cpus, duration, bindir):
                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         time.sleep(0.2)  # bound before the first datagram
-        tx = lab.exec(topo.client_ns, [gen, "send", dst, str(duration)], cpu=cpus["client"],
+        pace = ["--rate", str(UDPGEN_RATE)] if UDPGEN_RATE else []
+        tx = lab.exec(topo.client_ns, [gen, "send", dst, str(duration), *pace], cpu=cpus["client"],
                       timeout=duration + 30, check=False)
         out, err = rx.communicate(timeout=duration + 15)
     finally:
@@ -733,6 +738,8 @@ def markdown(results):
         f"- **Pinning** ({meta['pinning']}): {meta['pinning_note']}",
         f"- **TCP congestion control**: {meta.get('tcp_congestion_control', '?')}; it moves the kernel rows' "
         "throughput a lot (bench/e2e/README.md), so compare runs made with the same one.",
+        *([f"- **e2e-udpgen paced** to {meta['udpgen_rate_pps']:,} datagrams/s (`--udpgen-rate`)."]
+          if meta.get("udpgen_rate_pps") else []),
         "- Every variant's namespaces are built afresh; runs on one machine drift by ±20% between runs, so compare "
         "rows of the same run.",
     ]
@@ -800,6 +807,7 @@ def meta_info(args, cpus, tool):
         "rr_tool": tool,
         "sluiced_set": args.sluiced_set,
         "tcp_congestion_control": TCP_CC or f"{machine_tcp_cc()} (the machine's default)",
+        "udpgen_rate_pps": UDPGEN_RATE,
         "iperf3": first(["iperf3", "--version"]),
         "sockperf": first(["sockperf", "--version"]) if tool == "sockperf" else None,
         "git": first(["git", "rev-parse", "--short", "HEAD"]) + ("+dirty" if dirty else ""),
@@ -845,6 +853,9 @@ def main(argv):
     ap.add_argument("--tcp-cc", metavar="NAME",
                     help="TCP congestion control for the iperf3 runs (default: the machine's, "
                          "net.ipv4.tcp_congestion_control)")
+    ap.add_argument("--udpgen-rate", type=int, metavar="PPS",
+                    help="pace e2e-udpgen to this many datagrams per second (default: unpaced), to find the "
+                         "highest rate a path carries without loss")
     ap.add_argument("--profile", default="", help="comma-separated variants to profile with perf after measuring")
     ap.add_argument("--profile-load", choices=["tcp1", "udp64"], default="tcp1",
                     help="the traffic a --profile records: one TCP stream (default) or 64-byte UDP")
@@ -873,6 +884,12 @@ def main(argv):
     bad = [n for n in names if n not in known]
     if bad:
         raise SystemExit(f"--variants: unknown {', '.join(bad)}; expected some of {', '.join(known)}")
+    if args.udpgen_rate is not None:
+        if args.udpgen_rate < 1000:
+            raise SystemExit(f"--udpgen-rate: {args.udpgen_rate} is too low; expected at least 1000 datagrams "
+                             "per second (e2e-udpgen paces whole batches of 64)")
+        global UDPGEN_RATE
+        UDPGEN_RATE = args.udpgen_rate
     if args.tcp_cc is not None:
         try:
             with open("/proc/sys/net/ipv4/tcp_available_congestion_control") as f:
