@@ -31,6 +31,28 @@ pub enum PodNetError {
     IfnameTaken { ifname: String, netns: String },
 }
 
+/// Maps a failure to open or enter the namespace at `netns`.
+fn netns_err(netns: &str) -> impl FnOnce(NetnsError) -> PodNetError + '_ {
+    move |source| PodNetError::Netns {
+        path: netns.to_owned(),
+        source,
+    }
+}
+
+/// Maps a netlink failure doing `what` to `ifname` in `netns`.
+fn link_err<'a>(
+    what: &'static str,
+    ifname: &'a str,
+    netns: &'a str,
+) -> impl FnOnce(LinkError) -> PodNetError + 'a {
+    move |source| PodNetError::Link {
+        what,
+        ifname: ifname.to_owned(),
+        netns: netns.to_owned(),
+        source,
+    }
+}
+
 /// The MAC of a pod interface: locally administered, derived from its address
 /// (unique on the node as addresses are, and the same after a restart).
 pub fn pod_mac(ip: Ipv4Addr) -> MacAddr {
@@ -67,10 +89,7 @@ pub fn wire(
     queue_len: u32,
     alias: &str,
 ) -> Result<Wired, PodNetError> {
-    let ns = NetNs::open(netns).map_err(|source| PodNetError::Netns {
-        path: netns.to_owned(),
-        source,
-    })?;
+    let ns = NetNs::open(netns).map_err(netns_err(netns))?;
     let tap = in_netns(&ns, || {
         if nix::net::if_::if_nametoindex(ifname).is_ok() {
             return Err(PodNetError::IfnameTaken {
@@ -83,10 +102,7 @@ pub fn wire(
             source,
         })
     })
-    .map_err(|source| PodNetError::Netns {
-        path: netns.to_owned(),
-        source,
-    })??;
+    .map_err(netns_err(netns))??;
     match configure(&ns, netns, ifname, ip, mtu, queue_len, alias) {
         Ok(mac) => Ok(Wired { tap, mac }),
         Err(e) => {
@@ -105,15 +121,7 @@ fn configure(
     queue_len: u32,
     alias: &str,
 ) -> Result<MacAddr, PodNetError> {
-    let link_err = |what: &'static str| {
-        let (ifname, netns) = (ifname.to_owned(), netns.to_owned());
-        move |source| PodNetError::Link {
-            what,
-            ifname,
-            netns,
-            source,
-        }
-    };
+    let link_err = |what| link_err(what, ifname, netns);
     let mut pod_nl = Netlink::open_in(ns).map_err(link_err("netlink socket in pod"))?;
     let idx = pod_nl.ifindex(ifname).map_err(link_err("ifindex"))?;
     let mac = pod_mac(ip);
@@ -134,18 +142,8 @@ fn configure(
 /// its namespace: unlike [`Tap::delete`] this works while a descriptor (one
 /// still queued to a worker) holds the TAP.
 pub fn delete(netns: &str, ifname: &str) -> Result<(), PodNetError> {
-    let ns = NetNs::open(netns).map_err(|source| PodNetError::Netns {
-        path: netns.to_owned(),
-        source,
-    })?;
-    let link_err = |what: &'static str| {
-        move |source| PodNetError::Link {
-            what,
-            ifname: ifname.to_owned(),
-            netns: netns.to_owned(),
-            source,
-        }
-    };
+    let ns = NetNs::open(netns).map_err(netns_err(netns))?;
+    let link_err = |what| link_err(what, ifname, netns);
     let mut nl = Netlink::open_in(&ns).map_err(link_err("netlink socket in pod"))?;
     let idx = nl.ifindex(ifname).map_err(link_err("ifindex"))?;
     nl.delete_link(idx).map_err(link_err("delete"))
@@ -153,15 +151,9 @@ pub fn delete(netns: &str, ifname: &str) -> Result<(), PodNetError> {
 
 /// Re-opens a pod's persistent TAP after a restart, from inside its namespace.
 pub fn reattach(netns: &str, ifname: &str) -> Result<Tap, PodNetError> {
-    let ns = NetNs::open(netns).map_err(|source| PodNetError::Netns {
-        path: netns.to_owned(),
-        source,
-    })?;
+    let ns = NetNs::open(netns).map_err(netns_err(netns))?;
     in_netns(&ns, || Tap::attach(ifname, &tap_options()))
-        .map_err(|source| PodNetError::Netns {
-            path: netns.to_owned(),
-            source,
-        })?
+        .map_err(netns_err(netns))?
         .map_err(|source| PodNetError::Tap {
             name: ifname.to_owned(),
             source,
