@@ -420,15 +420,6 @@ def iperf3(lab, topo, cpus, args, duration):
     raise BenchError(f"iperf3 {' '.join(args) or 'TCP'}: {last}")
 
 
-# Datagrams per second e2e-udpgen paces itself to (`--udpgen-rate`); None:
-# as fast as its socket takes them.
-UDPGEN_RATE = None
-
-# TCP congestion control for the iperf3 runs (`--tcp-cc`); None: the
-# machine's default, which new namespaces inherit.
-TCP_CC = None
-
-
 def machine_tcp_cc():
     try:
         with open("/proc/sys/net/ipv4/tcp_congestion_control") as f:
@@ -437,13 +428,14 @@ def machine_tcp_cc():
         return "?"
 
 
-def measure_tcp(lab, topo, cpus, duration, streams):
+def measure_tcp(lab, topo, cpus, duration, streams, cc=None):
     """(Gbit/s received, CPU s/GB, CPU s/GB before subtracting other work,
     CPUs' worth of other work during the run, segments the sender
-    retransmitted)."""
+    retransmitted). `cc`: the congestion control (`--tcp-cc`); None, the
+    machine's default, which new namespaces inherit."""
     args = ["-P", str(streams)] if streams > 1 else []
-    if TCP_CC:
-        args += ["-C", TCP_CC]
+    if cc:
+        args += ["-C", cc]
     own = lab.netns_inodes()
     f0, (b0, _), t0 = foreign_cpu(own), cpu_times(), time.time()
     v = iperf3(lab, topo, cpus, args, duration)
@@ -467,7 +459,7 @@ def measure_udp(lab, topo, cpus, duration):
     return (delivered / recv["seconds"] / 1e3 if recv["seconds"] > 0 else None), lost
 
 
-def measure_udpgen(lab, topo, cpus, duration, bindir):
+def measure_udpgen(lab, topo, cpus, duration, bindir, rate=None):
     """64-byte UDP from e2e-udpgen (one sendmmsg per 64 datagrams): (kpps
     delivered, % of the datagrams sent that were lost)."""
     gen = os.path.join(bindir, "e2e-udpgen")
@@ -476,7 +468,7 @@ def measure_udpgen(lab, topo, cpus, duration, bindir):
                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         time.sleep(0.2)  # bound before the first datagram
-        pace = ["--rate", str(UDPGEN_RATE)] if UDPGEN_RATE else []
+        pace = ["--rate", str(rate)] if rate else []
         tx = lab.exec(topo.client_ns, [gen, "send", dst, str(duration), *pace], cpu=cpus["client"],
                       timeout=duration + 30, check=False)
         out, err = rx.communicate(timeout=duration + 15)
@@ -544,7 +536,7 @@ def perf_report(data, *extra):
     return "\n".join(line for line in lines if line and not line.startswith("#")) + "\n"
 
 
-def profile(lab, topo, cpus, duration, out_dir, name, load):
+def profile(lab, topo, cpus, duration, out_dir, name, load, cc=None):
     """System-wide perf profile while `load` runs (one TCP stream, or 64-byte
     UDP); the breakdown by thread, and sluiced's top symbols, go to
     profile-NAME.txt."""
@@ -557,7 +549,7 @@ def profile(lab, topo, cpus, duration, out_dir, name, load):
             rate = measure_udp(lab, topo, cpus, max(1, duration - 1))[0]
             what = f"iperf3 64-byte UDP ({name}, {rate or 0:.0f} kpps delivered)"
         else:
-            rate = measure_tcp(lab, topo, cpus, max(1, duration - 1), 1)[0]
+            rate = measure_tcp(lab, topo, cpus, max(1, duration - 1), 1, cc)[0]
             what = f"one iperf3 TCP stream ({name}, {rate:.2f} Gbit/s)"
     finally:
         _, err = perf.communicate(timeout=duration + 60)
@@ -618,10 +610,10 @@ def measure_variant(v, args, cpus, tool, prefix, workdir):
         res["background_cpus"] = round(background_cpus(1.0), 3)
         for rep in range(args.reps):
             steps = [
-                ("tcp1", lambda: measure_tcp(lab, topo, cpus, args.duration, 1)),
-                ("tcp4", lambda: measure_tcp(lab, topo, cpus, args.duration, 4)),
+                ("tcp1", lambda: measure_tcp(lab, topo, cpus, args.duration, 1, args.tcp_cc)),
+                ("tcp4", lambda: measure_tcp(lab, topo, cpus, args.duration, 4, args.tcp_cc)),
                 ("udp64", lambda: measure_udp(lab, topo, cpus, args.duration)),
-                ("udpgen", lambda: measure_udpgen(lab, topo, cpus, args.duration, args.bin)),
+                ("udpgen", lambda: measure_udpgen(lab, topo, cpus, args.duration, args.bin, args.udpgen_rate)),
                 ("rr", lambda: measure_rr(lab, topo, cpus, args.duration, tool)),
             ]
             for step, fn in steps:
@@ -664,7 +656,8 @@ def measure_variant(v, args, cpus, tool, prefix, workdir):
             hwm = [h for h in hwm if h is not None]
             res["sluiced_vmhwm_kib"] = max(hwm) if hwm else None
         if v["name"] in args.profile:
-            txt = profile(lab, topo, cpus, max(args.duration, 4), args.out, v["name"], args.profile_load)
+            txt = profile(lab, topo, cpus, max(args.duration, 4), args.out, v["name"], args.profile_load,
+                          args.tcp_cc)
             res["profile"] = os.path.relpath(txt, args.out)
             log(f"    profile: {txt}")
     except BenchError as e:
@@ -806,8 +799,8 @@ def meta_info(args, cpus, tool):
         "cpu_server": cpus["server"],
         "rr_tool": tool,
         "sluiced_set": args.sluiced_set,
-        "tcp_congestion_control": TCP_CC or f"{machine_tcp_cc()} (the machine's default)",
-        "udpgen_rate_pps": UDPGEN_RATE,
+        "tcp_congestion_control": args.tcp_cc or f"{machine_tcp_cc()} (the machine's default)",
+        "udpgen_rate_pps": args.udpgen_rate,
         "iperf3": first(["iperf3", "--version"]),
         "sockperf": first(["sockperf", "--version"]) if tool == "sockperf" else None,
         "git": first(["git", "rev-parse", "--short", "HEAD"]) + ("+dirty" if dirty else ""),
@@ -888,8 +881,6 @@ def main(argv):
         if args.udpgen_rate < 1000:
             raise SystemExit(f"--udpgen-rate: {args.udpgen_rate} is too low; expected at least 1000 datagrams "
                              "per second (e2e-udpgen paces whole batches of 64)")
-        global UDPGEN_RATE
-        UDPGEN_RATE = args.udpgen_rate
     if args.tcp_cc is not None:
         try:
             with open("/proc/sys/net/ipv4/tcp_available_congestion_control") as f:
@@ -899,8 +890,6 @@ def main(argv):
         if args.tcp_cc not in available:
             raise SystemExit(f"--tcp-cc: {args.tcp_cc!r} is not available here; this kernel offers "
                              f"{', '.join(available) or 'none that it lists'}")
-        global TCP_CC
-        TCP_CC = args.tcp_cc
     args.metrics = [m for m in args.metrics.split(",") if m]
     bad = [m for m in args.metrics if m not in STEPS]
     if bad or not args.metrics:
