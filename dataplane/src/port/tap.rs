@@ -448,15 +448,14 @@ impl Tap {
                     "waiting to open the device's counters again",
                 ));
             }
-            _ => match in_netns(&ns, DevCounters::open_here) {
-                Ok(Ok(c)) => c,
-                Ok(Err(e)) => {
-                    self.counters_backoff = COUNTERS_BACKOFF;
-                    return Err(e);
-                }
+            _ => match in_netns(&ns, DevCounters::open_here)
+                .map_err(io::Error::other)
+                .and_then(|opened| opened)
+            {
+                Ok(c) => c,
                 Err(e) => {
                     self.counters_backoff = COUNTERS_BACKOFF;
-                    return Err(io::Error::other(e));
+                    return Err(e);
                 }
             },
         };
